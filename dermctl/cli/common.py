@@ -1,0 +1,133 @@
+"""What every command shares: global state, one-line errors with exit codes, output, progress."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dermctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DermctlError, UsageError
+from dermctl.workspace import Workspace
+
+# Logs and progress go to stderr so that stdout carries only results (and only JSON under --json).
+err_console = Console(stderr=True)
+out_console = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    workdir: Path
+    quiet: bool = False
+    json: bool = False
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace.at(self.workdir)
+
+
+def get_state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    if isinstance(obj, State):
+        return obj
+    return State(workdir=Path("."))
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into `error: <one line>` on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DermctlError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line, the exit code for bugs, the traceback only on request
+            if _debug():
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set DERMCTL_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("DERMCTL_DEBUG", "") not in ("", "0")
+
+
+def emit(state: State, data: Any, render: Callable[[], None] | None = None) -> None:
+    """Print a result: JSON on stdout under --json, else `render()` (or nothing when --quiet)."""
+    if state.json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+    elif render is not None and not state.quiet:
+        render()
+
+
+def log(state: State, message: str) -> None:
+    """A progress/log line on stderr (silent under --quiet or --json)."""
+    if not state.quiet and not state.json:
+        err_console.print(message, highlight=False)
+
+
+def make_progress(state: State) -> Progress:
+    """A rich progress bar on stderr, disabled under --quiet / --json."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=state.quiet or state.json,
+        transient=True,
+    )
+
+
+def parse_csv_list(option: str, value: str | None) -> list[str]:
+    if value is None:
+        return []
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise UsageError(f"{option}: empty item in {value!r} (expected a comma-separated list)")
+    return items
+
+
+def parse_set_options(values: Iterable[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values parsed as JSON when they are (numbers, true/false, lists), else text."""
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise UsageError(f"--set: {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def not_built(command: str, issue: str) -> None:
+    """Commands whose core is not built yet say so and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] `dermctl {command}` is not built yet ({issue})", highlight=False)
+    raise typer.Exit(EXIT_USAGE)

@@ -1,0 +1,1 @@
+"""Data: manifests, data set adapters, image decoding and hashing, grouped splits, demo data."""

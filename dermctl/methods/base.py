@@ -1,0 +1,158 @@
+"""What a pretraining method is, for the engine: the interface and the method registry.
+
+A method is one file in this package holding its loss (a small, pure `nn.Module` or function), its heads,
+its views (augmentation policy) and its method-specific schedules, plus a `PretrainMethod` subclass that
+ties them together. The engine (`dermctl.train.engine`) owns everything shared: data loading, optimiser,
+lr / weight-decay / EMA-momentum schedules, precision, clipping, checkpoints, early stopping, health checks.
+
+Config: a flat dict. `ENGINE_DEFAULTS` holds the keys every method has; a method's `defaults()` returns
+them updated with its paper's values (Table 1 of Gröger et al. plus the original paper's recipe) and its
+own keys. Users override any key with `--config FILE` or `--set key=value`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from dermctl.errors import UsageError
+from dermctl.models.backbone import BackboneMeta
+
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet50",  # any timm model name
+    "init": "random",  # random | imagenet | path to weights
+    "epochs": 100,  # upper bound; early stopping usually ends the run first
+    "batch_size": 64,  # per process (per GPU); global batch = batch_size * world size
+    "optimizer": "adamw",  # sgd | adam | adamw
+    "lr": 1e-3,  # base learning rate, after `lr_scaling`
+    "lr_scaling": "none",  # none | linear256: lr * global_batch / 256 (DINO/iBOT rule)
+    "lr_schedule": "cosine",  # none | cosine (to min_lr, per iteration)
+    "min_lr": 1e-6,
+    "warmup_epochs": 0,
+    "weight_decay": 0.0,
+    "weight_decay_end": None,  # None = constant weight decay; else cosine from weight_decay to this
+    "sgd_momentum": 0.9,
+    "clip_grad": 0.0,  # max gradient norm; 0 = off
+    "momentum_teacher": 0.996,  # EMA methods: base momentum, cosine to 1 (ignored by others)
+    "image_size": 224,
+    "patience": 5,  # early stopping: epochs without val-loss improvement (the study used 5)
+    "min_delta": 0.0,
+    "val_every": 1,
+    "num_workers": -1,  # -1: from the CPU count
+    "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    "seed": 0,
+    "deterministic": False,
+    "monitor_task": None,  # a labelled task embedded every `monitor_every` epochs; kNN macro-F1 logged
+    "monitor_every": 5,
+}
+
+
+@dataclass
+class StepContext:
+    """Where training is, passed to every method hook."""
+
+    it: int  # global iteration (0-based)
+    epoch: int  # 0-based
+    training: bool  # False during validation: no state may change (centres, EMA)
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # EMA momentum of the teacher at this iteration
+
+
+class PretrainMethod(nn.Module):
+    """Base class of every method; subclasses register with `@register_method`."""
+
+    name: ClassVar[str]
+    uses_ema: ClassVar[bool] = False  # has a teacher/target network updated only by EMA
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    # -- configuration --------------------------------------------------------------------
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Full resolved default config of this method (engine keys + method keys)."""
+        return dict(ENGINE_DEFAULTS)
+
+    # -- data -----------------------------------------------------------------------------
+    def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
+        """PIL RGB image -> dict of tensors / lists of tensors (collated by default_collate).
+        Validation uses the same random views (a seeded loader makes the val loss comparable)."""
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss (scalar tensor) and health/log values for one batch."""
+        raise NotImplementedError
+
+    def schedules(self, epochs: int, iters_per_epoch: int) -> dict[str, np.ndarray]:
+        """Method-specific per-iteration schedules (e.g. DINO's teacher temperature)."""
+        return {}
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """After backward, before clipping/stepping (e.g. cancel last-layer gradients)."""
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """After the optimiser step (e.g. EMA update of the teacher with ctx.momentum)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters in groups; `apply_wd: False` for biases and norm parameters."""
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad or n.startswith(self.frozen_prefixes()):
+                continue
+            (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
+        return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """Parameter name prefixes the optimiser must never see (EMA teachers/targets)."""
+        return ()
+
+    # -- health and export ----------------------------------------------------------------
+    def collapse_reason(self, epoch_logs: dict[str, float]) -> str | None:
+        """A one-line reason when the epoch's mean logs show collapse, else None."""
+        return None
+
+    def export(self) -> tuple[nn.Module, BackboneMeta]:
+        """The backbone to export (student / online encoder) and its description."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[PretrainMethod]] = {}
+
+
+def register_method(cls: type[PretrainMethod]) -> type[PretrainMethod]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[PretrainMethod]:
+    from dermctl import methods  # noqa: F401  (imports every method module)
+
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise UsageError(f"--method: unknown method {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[key]
+
+
+def method_names() -> list[str]:
+    from dermctl import methods  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def resolve_config(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Method defaults updated with overrides; unknown keys are an error naming the key."""
+    cfg = get_method(name).defaults()
+    for key, value in (overrides or {}).items():
+        if key not in cfg:
+            raise UsageError(f"config key {key!r} is not known to method {name} (see --print-config)")
+        cfg[key] = value
+    cfg["method"] = name.lower()
+    return cfg

@@ -1,0 +1,1 @@
+"""Backbones (created through timm), feature rules and the exported-backbone format."""
