@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dermctl import __version__
-from dermctl.cli import demo, embed, finetune, ingest, knn, pretrain, probe, report
+from dermctl.cli import completion, demo, embed, finetune, ingest, knn, pretrain, probe, report
 from dermctl.cli.common import State
 
 app = typer.Typer(
@@ -61,4 +61,5 @@ for _module in (ingest, pretrain, embed, knn, probe, finetune, report, demo):
 def main() -> None:
     # torchrun starts `python -m dermctl`; keep thread oversubscription in check per process.
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
-    app()
+    completion.init()
+    app(prog_name="dermctl")
