@@ -107,7 +107,9 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = True, **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = True, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces `path` atomically when the block succeeds."""
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, mode, **kwargs) as fh:
         yield fh
@@ -126,7 +128,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", overwrite=overwrite)
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", overwrite=overwrite
+    )
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

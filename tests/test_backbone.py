@@ -74,7 +74,9 @@ def test_imagenet_offline_is_unavailable(monkeypatch):
 def test_export_loads_in_dermctl_and_plain_timm(tmp_path):
     torch.manual_seed(1)
     m = create_backbone("resnet18", in_chans=1).eval()
-    meta = BackboneMeta(timm_name="resnet18", feature_rule="avgpool", input_size=32, in_chans=1, channels="green")
+    meta = BackboneMeta(
+        timm_name="resnet18", feature_rule="avgpool", input_size=32, in_chans=1, channels="green"
+    )
     weights = export_backbone(m, tmp_path, meta)
     x = torch.randn(2, 1, 32, 32)
     loaded, meta2 = load_exported(tmp_path)

@@ -29,5 +29,7 @@ def test_every_command_has_help():
 
 
 def test_module_entry_point_for_torchrun():
-    out = subprocess.run([sys.executable, "-m", "dermctl", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dermctl", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"dermctl {__version__}"

@@ -18,10 +18,42 @@ from dermctl.provenance import sha256_file
 
 def _rows():
     return [
-        Row(path="a.jpg", label="mel", split="train", group="p1", source="x", role="task", extras={"skin_type": "2"}),
-        Row(path="b.jpg", label="nv", split="train", group="p2", source="x", role="task", extras={"skin_type": "5"}),
-        Row(path="c.jpg", label="mel", split="test", group="p3", source="x", role="task", extras={"skin_type": "-1"}),
-        Row(path="d.jpg", label="nv", split="test", group="p4", source="x", role="task", extras={"skin_type": "1"}),
+        Row(
+            path="a.jpg",
+            label="mel",
+            split="train",
+            group="p1",
+            source="x",
+            role="task",
+            extras={"skin_type": "2"},
+        ),
+        Row(
+            path="b.jpg",
+            label="nv",
+            split="train",
+            group="p2",
+            source="x",
+            role="task",
+            extras={"skin_type": "5"},
+        ),
+        Row(
+            path="c.jpg",
+            label="mel",
+            split="test",
+            group="p3",
+            source="x",
+            role="task",
+            extras={"skin_type": "-1"},
+        ),
+        Row(
+            path="d.jpg",
+            label="nv",
+            split="test",
+            group="p4",
+            source="x",
+            role="task",
+            extras={"skin_type": "1"},
+        ),
     ]
 
 

@@ -55,7 +55,9 @@ def main_callback(
 
 
 for _module in (ingest, pretrain, embed, knn, probe, finetune, report, demo):
-    app.command(_module.NAME, help=_module.HELP, short_help=_module.SHORT_HELP, no_args_is_help=False)(_module.command)
+    app.command(_module.NAME, help=_module.HELP, short_help=_module.SHORT_HELP, no_args_is_help=False)(
+        _module.command
+    )
 
 
 def main() -> None:

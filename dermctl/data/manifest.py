@@ -34,7 +34,19 @@ from dermctl.errors import DataError
 from dermctl.provenance import sha256_file
 from dermctl.workspace import atomic_write_text
 
-COLUMNS = ("path", "label", "split", "group", "source", "role", "sha256", "width", "height", "image_id", "phash")
+COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "group",
+    "source",
+    "role",
+    "sha256",
+    "width",
+    "height",
+    "image_id",
+    "phash",
+)
 SPLITS = ("train", "val", "test")
 ROLES = ("task", "corpus")
 
@@ -179,7 +191,19 @@ def to_csv_text(manifest: Manifest) -> str:
     writer.writerow([*COLUMNS, *extra])
     for r in manifest.rows:
         writer.writerow(
-            [r.path, r.label, r.split, r.group, r.source, r.role, r.sha256, r.width, r.height, r.image_id, r.phash]
+            [
+                r.path,
+                r.label,
+                r.split,
+                r.group,
+                r.source,
+                r.role,
+                r.sha256,
+                r.width,
+                r.height,
+                r.image_id,
+                r.phash,
+            ]
             + [r.extras.get(c, "") for c in extra]
         )
     return buf.getvalue()
@@ -243,5 +267,7 @@ def fill_hashes(manifest: Manifest) -> Manifest:
             try:
                 r.sha256 = sha256_file(path)
             except OSError as exc:
-                raise DataError(f"{path}: cannot read image listed in {manifest.path}: {exc.strerror or exc}") from exc
+                raise DataError(
+                    f"{path}: cannot read image listed in {manifest.path}: {exc.strerror or exc}"
+                ) from exc
     return manifest

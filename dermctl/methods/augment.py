@@ -47,7 +47,12 @@ class RandomSolarize:
 
 
 def color_distortion(
-    brightness: float, contrast: float, saturation: float, hue: float, p_jitter: float = 0.8, p_gray: float = 0.2
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p_jitter: float = 0.8,
+    p_gray: float = 0.2,
 ) -> T.Compose:
     """Colour jitter with probability `p_jitter`, then grayscale with probability `p_gray`."""
     return T.Compose(

@@ -116,6 +116,16 @@ def create_backbone(
         if not path.is_file():
             raise DataError(f"--init: weights file {path} not found")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+    elif init_s == "imagenet":
+        cached = _cached_hub_weights(timm, name)
+        if cached is not None:
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(cached))
+        elif not _hub_reachable():
+            # Fail at once instead of waiting through the hub client's retries on an offline machine.
+            raise UnavailableError(
+                f"ImageNet weights for {name} are not in the local Hugging Face cache and the hub cannot be "
+                "reached (offline); download them elsewhere and pass the weights file instead"
+            )
     try:
         model = _create(timm, name, pretrained, kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -124,8 +134,40 @@ def create_backbone(
                 f"ImageNet weights for {name} could not be loaded (offline?): {str(exc).splitlines()[0][:200]}; "
                 "pass a local weights file instead"
             ) from exc
-        raise DataError(f"--init: cannot load weights {init_s} into {name}: {str(exc).splitlines()[0][:200]}") from exc
+        raise DataError(
+            f"--init: cannot load weights {init_s} into {name}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     return model
+
+
+def _cached_hub_weights(timm: Any, name: str) -> Path | None:
+    """The pretrained weights file of `name` if the Hugging Face cache already holds it."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return Path(found)
+    except Exception:  # no hub id, no cache, or an old hub client: fall back to timm's own loading
+        return None
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("DERMCTL_OFFLINE", "") not in (
+        "",
+        "0",
+    ):
+        return False
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _create(timm: Any, name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -150,7 +192,11 @@ def extract_features(model: nn.Module, x: torch.Tensor, rule: str) -> torch.Tens
     if not is_vit(model):
         raise UsageError(f"--feature-rule: {rule} needs a ViT backbone; use avgpool for CNNs")
     if rule == "cls":
-        return model.forward_head(model.forward_features(x), pre_logits=True) if _pools_token(model) else _cls_tokens(model, x, 1)
+        return (
+            model.forward_head(model.forward_features(x), pre_logits=True)
+            if _pools_token(model)
+            else _cls_tokens(model, x, 1)
+        )
     if rule in ("cls4", "cls4+avgpool"):
         feats = _cls_tokens(model, x, 4)
         if rule == "cls4+avgpool":
@@ -166,7 +212,9 @@ def _pools_token(model: nn.Module) -> bool:
 
 
 def _cls_tokens(model: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
-    out = model.forward_intermediates(x, indices=n, norm=True, return_prefix_tokens=True, intermediates_only=True)
+    out = model.forward_intermediates(
+        x, indices=n, norm=True, return_prefix_tokens=True, intermediates_only=True
+    )
     return torch.cat([prefix[:, 0] for _spatial, prefix in out], dim=-1)
 
 
@@ -235,7 +283,9 @@ def load_state_file(model: nn.Module, path: str | os.PathLike[str], strict: bool
     except Exception as exc:  # safetensors and torch raise many types for damaged files
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise DataError(f"{p}: refusing to load: the file needs pickle code execution") from exc
-        raise DataError(f"{p}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+        raise DataError(
+            f"{p}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from exc
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:

@@ -27,12 +27,16 @@ def cosine_schedule(
     return out
 
 
-def constant_schedule(value: float, epochs: int, iters_per_epoch: int, warmup_epochs: float = 0) -> np.ndarray:
+def constant_schedule(
+    value: float, epochs: int, iters_per_epoch: int, warmup_epochs: float = 0
+) -> np.ndarray:
     """A constant value, optionally reached by a linear warm-up from 0."""
     return cosine_schedule(value, value, epochs, iters_per_epoch, warmup_epochs, 0.0)
 
 
-def warmup_then_constant(start: float, end: float, warmup_epochs: int, epochs: int, iters_per_epoch: int = 1) -> np.ndarray:
+def warmup_then_constant(
+    start: float, end: float, warmup_epochs: int, epochs: int, iters_per_epoch: int = 1
+) -> np.ndarray:
     """Linear from `start` to `end` over `warmup_epochs`, then `end` (DINO's teacher temperature, per epoch
     when iters_per_epoch is 1)."""
     warm = min(warmup_epochs, epochs) * iters_per_epoch

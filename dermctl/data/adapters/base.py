@@ -40,6 +40,7 @@ class AdapterResult:
     missing_images: list[str] = field(default_factory=list)  # metadata rows whose image is absent
     unlisted_images: list[str] = field(default_factory=list)  # images on disk that no metadata row lists
     notes: list[str] = field(default_factory=list)
+    role: str | None = None  # overrides Adapter.role when the layout decides it (e.g. folder without classes)
 
 
 @dataclass
@@ -48,6 +49,9 @@ class AdapterOptions:
 
     label_column: str | None = None
     granularity: str | None = None  # Fitzpatrick17k: three | nine | fine
+    role: str | None = None  # "task" | "corpus"; None lets the adapter decide
+    group_column: str | None = None  # generic csv adapter: the column holding the group (e.g. patient_id)
+    unlabelled: bool = False  # ignore labels: read the images as a pretraining corpus
 
 
 class Adapter:
@@ -119,3 +123,64 @@ def require_root(root: Path) -> Path:
     if not root.is_dir():
         raise DataError(f"--root: {root} is not a folder")
     return root
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a publisher's CSV (comma, or tab for dataverse `.tab` copies; BOM tolerated).
+
+    Cells are stripped; a file that cannot be read or has no header raises a one-line DataError.
+    """
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")  # some mirrors re-save metadata in Windows-1252
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if first.count("\t") > first.count(",") else ","
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    header = [h.strip() for h in next(reader, [])]
+    if not any(header):
+        raise DataError(f"{path}: empty file, expected a CSV header line")
+    rows = []
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        rows.append({h: (cells[i].strip() if i < len(cells) else "") for i, h in enumerate(header)})
+    return header, rows
+
+
+def find_named(root: Path, names: tuple[str, ...], max_depth: int = 3) -> list[Path]:
+    """Files under root (at most max_depth folders down) whose name is one of names, shallowest first."""
+    wanted = {n.lower() for n in names}
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if len(rel) > max_depth + 1 or any(part == "__MACOSX" or part.startswith(".") for part in rel):
+            continue
+        if p.name.lower() in wanted and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: (len(p.relative_to(root).parts), str(p)))
+
+
+def index_images(images: list[Path], key: Callable[[Path], str]) -> tuple[dict[str, Path], list[Path]]:
+    """Map key(path) -> path; a second file with the same key is returned in the duplicates list."""
+    index: dict[str, Path] = {}
+    duplicates = []
+    for p in images:
+        k = key(p)
+        if k in index:
+            duplicates.append(p)
+        else:
+            index[k] = p
+    return index, duplicates
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """path relative to root, with forward slashes (how missing/unlisted images are reported)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

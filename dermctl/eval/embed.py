@@ -1,0 +1,305 @@
+"""Extract frozen features of every image of a task manifest into `embeddings/<model_id>/<task>.h5`.
+
+Evaluation transform (DINO's `eval_linear.py` / `eval_knn.py`): resize the shorter side to
+image_size / 0.875 (bicubic; 256 for 224), centre-crop image_size, normalise with the backbone's mean/std.
+Features follow the backbone's feature rule (Gröger et al.: ResNet average pool, ViT class tokens of the
+last 4 blocks). Rows are streamed to disk batch by batch into a temporary file renamed when complete.
+
+An existing file is reused when its manifest hash, checkpoint hash, feature rule and image size match
+the current ones; anything else (or `force`) rebuilds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dermctl.data.images import open_rgb
+from dermctl.data.manifest import Manifest, fill_hashes, find_manifests, find_task, read_manifest
+from dermctl.errors import DataError, UnavailableError, UsageError
+from dermctl.eval.embeddings import EmbeddingWriter, read_attrs
+from dermctl.eval.models import LoadedModel, resolve_model
+from dermctl.models.backbone import FEATURE_RULES, extract_features, select_channels
+from dermctl.provenance import sha256_file
+from dermctl.workspace import Workspace, atomic_path
+
+CROP_RATIO = 0.875  # DINO: Resize(256) then CenterCrop(224)
+
+ProgressFn = Callable[[str, int, int], None]  # (task, rows done, rows total)
+
+
+@dataclass
+class EmbedOutcome:
+    """What happened to one task."""
+
+    task: str
+    path: Path
+    status: str  # "written" | "reused"
+    n: int
+    dim: int
+    seconds: float
+    images_per_s: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when present, else cpu; an explicit cuda without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(
+            f"--device: {device!r} is not a device (expected auto, cpu, cuda or cuda:N)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnavailableError(
+            f"--device: {device} requested but no CUDA GPU is available here (use --device cpu)"
+        )
+    return dev
+
+
+def eval_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], channels: str = "rgb"
+) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> normalised (C, image_size, image_size) tensor (C = 1 for green-only backbones)."""
+    from torchvision import transforms
+
+    resize = transforms.Compose(
+        [
+            transforms.Resize(
+                int(round(image_size / CROP_RATIO)), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+        ]
+    )
+    m = list(mean)
+    s = list(std)
+    if channels == "green" and len(m) == 3:
+        m, s = m[1:2], s[1:2]
+    m_t = torch.tensor(m).view(-1, 1, 1)
+    s_t = torch.tensor(s).view(-1, 1, 1)
+
+    def apply(im: Any) -> torch.Tensor:
+        x = select_channels(resize(im).unsqueeze(0), channels)[0]
+        return (x - m_t) / s_t
+
+    return apply
+
+
+class _ManifestImages(torch.utils.data.Dataset):
+    """Images of a manifest in row order; a decode failure is returned (not raised) so that the main
+    process can name the file in one line even when loading runs in worker processes."""
+
+    def __init__(
+        self, paths: list[Path], transform: Callable[[Any], torch.Tensor], channels: int, size: int
+    ) -> None:
+        self.paths = paths
+        self.transform = transform
+        self.blank = torch.zeros(channels, size, size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(open_rgb(self.paths[i])), ""
+        except Exception as exc:  # PIL raises many types for damaged files
+            return (
+                self.blank,
+                f"{self.paths[i]}: cannot decode image ({type(exc).__name__}: {str(exc)[:120]})",
+            )
+
+
+def _auto_workers(n: int) -> int:
+    cpus = os.cpu_count() or 1
+    return 0 if n < 256 or cpus <= 2 else min(8, cpus - 1)
+
+
+def is_reusable(
+    path: Path, manifest_sha256: str, checkpoint_sha256: str, feature_rule: str, image_size: int
+) -> bool:
+    """True when `path` is a complete embeddings file built from exactly these inputs."""
+    if not path.is_file():
+        return False
+    try:
+        attrs = read_attrs(path)
+    except DataError:
+        return False
+    return (
+        attrs.get("complete") is True
+        and attrs.get("manifest_sha256") == manifest_sha256
+        and attrs.get("checkpoint_sha256") == checkpoint_sha256
+        and attrs.get("feature_rule") == feature_rule
+        and int(attrs.get("image_size", -1)) == int(image_size)
+    )
+
+
+def _check_images(manifest: Manifest) -> list[Path]:
+    paths = [manifest.resolve(r) for r in manifest.rows]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: image listed in {manifest.path} not found{more}")
+    return paths
+
+
+def embed_manifest(
+    loaded: LoadedModel,
+    manifest_path: Path,
+    target: Path,
+    feature_rule: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = -1,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> EmbedOutcome:
+    """Embed one task manifest into `target` (or reuse it); see the module docstring."""
+    meta = loaded.meta
+    rule = feature_rule or meta.feature_rule
+    if rule not in FEATURE_RULES:
+        raise UsageError(f"--feature-rule: {rule!r} is not one of {', '.join(FEATURE_RULES)}")
+    size = int(image_size or meta.input_size)
+    if size < 8:
+        raise UsageError(f"--image-size: {size} is too small (expected at least 8 pixels)")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size: {batch_size} must be at least 1")
+    manifest = read_manifest(manifest_path)
+    task = manifest.name
+    manifest_sha = sha256_file(manifest_path)
+    if not force and is_reusable(target, manifest_sha, loaded.checkpoint_sha256, rule, size):
+        attrs = read_attrs(target)
+        return EmbedOutcome(
+            task, target, "reused", int(attrs.get("n", 0)), int(attrs.get("dim", 0)), 0.0, 0.0
+        )
+    paths = _check_images(manifest)
+    fill_hashes(manifest)
+    dev = resolve_device(device)
+    model = loaded.backbone.to(dev).eval()
+    n_chans = 1 if meta.channels == "green" else 3
+    # One dry forward validates the feature rule against the model before any long work.
+    with torch.no_grad():
+        extract_features(model, torch.zeros(1, n_chans, size, size, device=dev), rule)
+    classes = manifest.classes
+    index = {c: i for i, c in enumerate(classes)}
+    attrs = {
+        "task": task,
+        "model_id": loaded.model_id,
+        "init": loaded.init,
+        "backbone": meta.timm_name,
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+        "manifest_sha256": manifest_sha,
+        "class_names": classes,
+        "feature_rule": rule,
+        "image_size": size,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "channels": meta.channels,
+        "n": len(paths),
+    }
+    dataset = _ManifestImages(paths, eval_transform(size, meta.mean, meta.std, meta.channels), n_chans, size)
+    workers = _auto_workers(len(paths)) if num_workers < 0 else num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=dev.type == "cuda"
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    )
+    rows = manifest.rows
+    start = time.perf_counter()
+    dim = 0
+    with atomic_path(target) as tmp:
+        writer = EmbeddingWriter(
+            tmp,
+            len(rows),
+            labels=[index[r.label] if r.label in index else -1 for r in rows],
+            split=[r.split for r in rows],
+            attrs=attrs,
+            paths=[r.path for r in rows],
+            groups=[r.group for r in rows],
+            sha256=[r.sha256 for r in rows],
+            image_id=[r.image_id for r in rows],
+            extras={c: [r.extras.get(c, "") for r in rows] for c in manifest.extra_columns},
+        )
+        try:
+            done = 0
+            with torch.no_grad():
+                for x, errors in loader:
+                    bad = [e for e in errors if e]
+                    if bad:
+                        raise DataError(bad[0])
+                    with autocast:
+                        feats = extract_features(model, x.to(dev, non_blocking=True), rule)
+                    out = feats.float().cpu().numpy()
+                    if not np.isfinite(out).all():
+                        raise DataError(
+                            f"{manifest_path}: the model produced NaN/Inf features (damaged checkpoint?)"
+                        )
+                    dim = out.shape[1]
+                    writer.write(out)
+                    done += out.shape[0]
+                    if progress is not None:
+                        progress(task, done, len(rows))
+            writer.close({"dim": dim})
+        except BaseException:
+            writer.abort()
+            raise
+    seconds = time.perf_counter() - start
+    return EmbedOutcome(task, target, "written", len(rows), dim, seconds, len(rows) / max(seconds, 1e-9))
+
+
+def task_manifests(workspace: Workspace, tasks: Sequence[str] | None) -> list[Path]:
+    """The named tasks' manifests, or every task manifest of the workspace."""
+    if tasks:
+        return [find_task(workspace.manifests, t) for t in tasks]
+    if not workspace.manifests.is_dir():
+        raise DataError(f"{workspace.manifests}: no manifests folder (run `dermctl ingest` first)")
+    found = [p for p in find_manifests(workspace.manifests) if read_manifest(p).is_task]
+    if not found:
+        raise DataError(f"{workspace.manifests}: no task manifest (labelled, with a test split) to embed")
+    return found
+
+
+def embed(
+    workspace: Workspace,
+    model: str,
+    tasks: Sequence[str] | None = None,
+    backbone: str | None = None,
+    weights: Path | None = None,
+    feature_rule: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = -1,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[EmbedOutcome]:
+    """`dermctl embed`: resolve the model once, then embed every task (validated up front)."""
+    manifests = task_manifests(workspace, tasks)
+    resolve_device(device)
+    loaded = resolve_model(model, workspace, backbone, weights)
+    return [
+        embed_manifest(
+            loaded,
+            m,
+            workspace.embedding_path(loaded.model_id, read_manifest(m).name),
+            feature_rule,
+            image_size,
+            batch_size,
+            device,
+            num_workers,
+            force,
+            progress,
+        )
+        for m in manifests
+    ]

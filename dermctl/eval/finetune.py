@@ -1,0 +1,708 @@
+"""Fine-tuning: backbone and a linear head trained together on a labelled task (Gröger et al., Table 2,
+"fine-tuned" rows), the best epoch on validation evaluated once on the test split.
+
+Recipe (the task's documented choices):
+    train views   RandomResizedCrop(image_size, scale=(0.5, 1)) - lesions are usually centred and a crop
+                  below half the image often loses them - then horizontal and vertical flips, a random
+                  rotation by a multiple of 90 degrees (skin photos have no canonical orientation) and mild
+                  colour jitter (0.1 brightness/contrast/saturation, 0.02 hue).
+    eval views    resize the shorter side to image_size * 256/224, centre crop image_size.
+    features      the backbone's own pooled output (timm `num_classes=0`: average pool for CNNs, the class
+                  token for ViTs), the usual fine-tuning head input.
+    loss          cross-entropy, optionally class-balanced with weights n / (k * n_c) from train counts.
+    optimiser     AdamW, backbone lr and head lr separate, no weight decay on biases and norms, per-iteration
+                  cosine from the base lr to 0 over `epochs` (early stopping usually ends the run first).
+    precision     bf16 autocast on CUDA, fp32 elsewhere.
+    early stop    on val macro-F1 (default) or val loss, `patience` epochs without improvement.
+
+Run folder `runs/finetune-<model_id>-<task>/`: config.json (config + provenance), metrics.csv (one row per
+epoch), last.pt (resumable: model, optimiser, history, early-stopping state; plain containers only, loaded
+with `weights_only=True`) and best.pt (model state of the best epoch). Each epoch is seeded from
+(seed, epoch) so a resumed run repeats the uninterrupted one exactly on the same device.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dermctl.data.images import open_rgb
+from dermctl.data.manifest import Manifest, Row, fill_hashes, find_task, read_manifest, validate_task
+from dermctl.errors import ConflictError, DataError, TrainingError, UnavailableError, UsageError
+from dermctl.eval.metrics import by_group, classification_report, macro_f1
+from dermctl.eval.models import resolve_model
+from dermctl.eval.results import test_split_hash, write_result
+from dermctl.models.backbone import BackboneMeta, select_channels
+from dermctl.provenance import provenance, sha256_file
+from dermctl.train.schedules import cosine_schedule
+from dermctl.workspace import Workspace, atomic_path, atomic_write_json, atomic_write_text
+
+EARLY_STOP_MODES = ("f1", "loss")
+CROP_SCALE = (0.5, 1.0)
+VAL_FRACTION = 0.15  # the paper: non-test data split 85 % train / 15 % val at random
+# Keys that change what is trained: a resumed run must agree on all of them.
+_RESUME_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "head_lr",
+    "weight_decay",
+    "image_size",
+    "class_balanced",
+    "early_stop",
+    "patience",
+    "seed",
+)
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_f1", "lr", "head_lr", "best", "seconds")
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of one fine-tuning run (defaults: the study's fine-tuning setting, see module docstring)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+    weight_decay: float = 0.05
+    image_size: int | None = None  # None: the backbone's input size
+    class_balanced: bool = False
+    early_stop: str = "f1"
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = -1  # -1: from the CPU count
+    bootstrap: int = 1000
+
+    def validate(self) -> None:
+        checks = [
+            ("--epochs", self.epochs, self.epochs >= 1, "an integer >= 1"),
+            ("--batch-size", self.batch_size, self.batch_size >= 1, "an integer >= 1"),
+            ("--lr", self.lr, self.lr > 0 and math.isfinite(self.lr), "a positive number"),
+            (
+                "--head-lr",
+                self.head_lr,
+                self.head_lr > 0 and math.isfinite(self.head_lr),
+                "a positive number",
+            ),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+            ("--patience", self.patience, self.patience >= 1, "an integer >= 1"),
+            ("--early-stop", self.early_stop, self.early_stop in EARLY_STOP_MODES, "f1 or loss"),
+            ("--num-workers", self.num_workers, self.num_workers >= -1, "an integer >= 0 (or -1 for auto)"),
+            ("--bootstrap", self.bootstrap, self.bootstrap >= 0, "an integer >= 0"),
+        ]
+        if self.image_size is not None:
+            checks.append(("--image-size", self.image_size, self.image_size >= 16, "an integer >= 16"))
+        for option, value, ok, expected in checks:
+            if not ok:
+                raise UsageError(f"{option}: {value!r} is not valid (expected {expected})")
+
+
+@dataclass
+class FinetuneOutcome:
+    """What a finished run produced."""
+
+    result_path: Path
+    run_dir: Path
+    payload: dict[str, Any]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- small, testable pieces
+
+
+def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Class-balanced cross-entropy weights, inversely proportional to the train frequency:
+    w_c = n / (k * n_c) (so a balanced set gets all ones). A class absent from `labels` gets 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    n = counts.sum()
+    w = np.zeros(n_classes, dtype=np.float64)
+    present = counts > 0
+    w[present] = n / (n_classes * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class EarlyStopping:
+    """Tracks the best validation value; `step` says whether the epoch improved (keep its checkpoint).
+
+    mode "f1": higher is better; mode "loss": lower is better. Stops after `patience` epochs without
+    strict improvement; ties keep the earlier epoch."""
+
+    def __init__(self, mode: str, patience: int) -> None:
+        if mode not in EARLY_STOP_MODES:
+            raise UsageError(f"--early-stop: {mode!r} is not valid (expected f1 or loss)")
+        self.mode = mode
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+
+    def step(self, epoch: int, value: float) -> bool:
+        better = self.best is None or (value > self.best if self.mode == "f1" else value < self.best)
+        if better and math.isfinite(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = (
+            state["best"],
+            int(state["best_epoch"]),
+            int(state["bad_epochs"]),
+        )
+
+
+def split_train_val(
+    rows: list[Row], seed: int, fraction: float = VAL_FRACTION
+) -> tuple[list[Row], list[Row]]:
+    """Seeded random val split of the non-test rows, stratified by label and grouped (a group never
+    straddles train and val). Used only when the manifest has no val rows."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[str]] = {}
+    group_of: dict[int, str] = {}
+    for i, r in enumerate(rows):
+        key = r.group or f"\0row{i}"
+        group_of[i] = key
+        by_label.setdefault(r.label, [])
+        if key not in by_label[r.label]:
+            by_label[r.label].append(key)
+    val_groups: set[str] = set()
+    for label in sorted(by_label):
+        groups = sorted(by_label[label])
+        if len(groups) < 2:
+            continue  # keep the only group of a class in train
+        n_val = max(1, round(len(groups) * fraction))
+        picked = rng.permutation(len(groups))[:n_val]
+        val_groups.update(groups[j] for j in picked)
+    train = [r for i, r in enumerate(rows) if group_of[i] not in val_groups]
+    val = [r for i, r in enumerate(rows) if group_of[i] in val_groups]
+    return train, val
+
+
+def build_transforms(
+    meta: BackboneMeta, image_size: int
+) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
+    """(train transform, eval transform): PIL RGB image -> normalised tensor with the backbone's channels."""
+    from torchvision import transforms as T
+
+    mean, std = _channel_stats(meta)
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        x = select_channels(x.unsqueeze(0), meta.channels).squeeze(0)
+        return (x - mean) / std
+
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=CROP_SCALE, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+            T.ColorJitter(0.1, 0.1, 0.1, 0.02),
+            T.ToTensor(),
+            T.Lambda(finish),
+        ]
+    )
+    evaluate = T.Compose(
+        [
+            T.Resize(int(round(image_size * 256 / 224)), antialias=True),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Lambda(finish),
+        ]
+    )
+    return train, evaluate
+
+
+def _channel_stats(meta: BackboneMeta) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = list(meta.mean), list(meta.std)
+    if meta.channels == "green" and len(mean) == 3:
+        mean, std = [mean[1]], [std[1]]
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
+class ManifestImages(Dataset):
+    """Rows of a manifest as (image tensor, integer label)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        rows: list[Row],
+        classes: list[str],
+        transform: Callable[[Any], torch.Tensor],
+    ) -> None:
+        self.manifest, self.rows, self.transform = manifest, rows, transform
+        self.index = {c: i for i, c in enumerate(classes)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[i]
+        path = self.manifest.resolve(row)
+        try:
+            image = open_rgb(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            raise DataError(f"{path}: cannot decode image listed in {self.manifest.path}: {exc}") from exc
+        return self.transform(image), self.index[row.label]
+
+    def labels(self) -> list[int]:
+        return [self.index[r.label] for r in self.rows]
+
+
+class FinetuneModel(nn.Module):
+    """Backbone + linear head (`backbone.*`, `head.*` in the state dict)."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(True)  # resolve_model hands out frozen backbones; fine-tuning trains them
+        dim = int(getattr(backbone, "num_features", 0) or 0)
+        if dim <= 0:
+            raise UsageError("--model: backbone does not report its feature size (num_features)")
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).flatten(1))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_finetune(
+    workspace: Workspace,
+    task: str,
+    model: str,
+    config: FinetuneConfig,
+    *,
+    backbone: str | None = None,
+    weights: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> FinetuneOutcome:
+    """Resolve the task manifest and the model spec, then fine-tune (the `dermctl finetune` entry point)."""
+    config.validate()
+    manifest = read_manifest(find_task(workspace.manifests, task))
+    validate_task(manifest)
+    loaded = resolve_model(model, workspace, backbone=backbone, weights=Path(weights) if weights else None)
+    return finetune(workspace, manifest, loaded, config, resume=resume, force=force, log=log)
+
+
+def finetune(
+    workspace: Workspace,
+    manifest: Manifest,
+    loaded: Any,
+    config: FinetuneConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> FinetuneOutcome:
+    """Fine-tune `loaded.backbone` (a dermctl.eval.models.LoadedModel) with a linear head on `manifest`.
+
+    Checks everything that can fail (options, splits, existing outputs, resume config) before training.
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written."""
+    say = log or (lambda _m: None)
+    config.validate()
+    validate_task(manifest)
+    task = manifest.name
+    model_id = str(loaded.model_id)
+    meta: BackboneMeta = loaded.meta
+    image_size = int(config.image_size or meta.input_size)
+    result_path = workspace.result_path("finetune", model_id, task)
+    run_dir = workspace.runs / f"finetune-{model_id}-{task}"
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+
+    if result_path.exists() and not (force or resume):
+        raise ConflictError(f"{result_path} exists; pass --force to redo the run or --resume to continue it")
+    if last_path.exists() and not (force or resume):
+        raise ConflictError(
+            f"{last_path} exists (an earlier run); pass --resume to continue it or --force to restart"
+        )
+
+    classes = manifest.classes
+    n_classes = len(classes)
+    test_rows = manifest.split_rows("test")
+    val_rows = manifest.split_rows("val")
+    train_rows = manifest.split_rows("train")
+    val_source = "manifest"
+    if not val_rows:
+        train_rows, val_rows = split_train_val(train_rows, config.seed)
+        val_source = f"random {int(VAL_FRACTION * 100)} % of train (seed {config.seed}, grouped, stratified)"
+    if not val_rows:
+        raise DataError(f"{manifest.path}: no val split and too few train images to hold some out")
+    missing = sorted(set(classes) - {r.label for r in train_rows})
+    if missing:
+        raise DataError(
+            f"{manifest.path}: after holding out val, train has no image of class {', '.join(missing)}"
+        )
+
+    device = _device(config.device)
+    workers = _workers(config.num_workers)
+    saved_config = {k: v for k, v in asdict(config).items()}
+    saved_config.update(
+        image_size=image_size,
+        task=task,
+        model=model_id,
+        init=str(loaded.init),
+        backbone=meta.timm_name,
+        classes=classes,
+        val_source=val_source,
+        crop_scale=list(CROP_SCALE),
+        features="pooled backbone output",
+        backbone_sha256=str(loaded.checkpoint_sha256 or ""),
+        manifest_sha256=sha256_file(manifest.path) if manifest.path else "",
+    )
+
+    state: dict[str, Any] | None = None
+    if resume and last_path.exists():
+        state = _load_checkpoint(last_path)
+        _check_resume(last_path, state.get("config", {}), saved_config)
+        say(f"resuming {run_dir} after epoch {int(state['epoch']) + 1}")
+    elif resume:
+        say(f"no checkpoint in {run_dir}: starting from scratch")
+
+    train_tf, eval_tf = build_transforms(meta, image_size)
+    train_set = ManifestImages(manifest, train_rows, classes, train_tf)
+    val_set = ManifestImages(manifest, val_rows, classes, eval_tf)
+    test_set = ManifestImages(manifest, test_rows, classes, eval_tf)
+
+    torch.manual_seed(config.seed)  # the head's initial weights
+    net = FinetuneModel(loaded.backbone, n_classes).to(device)
+    weight = class_weights(train_set.labels(), n_classes).to(device) if config.class_balanced else None
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    optimizer = _optimizer(net, config)
+    iters_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    lr_factor = cosine_schedule(1.0, 0.0, config.epochs, iters_per_epoch)
+
+    stopper = EarlyStopping(config.early_stop, config.patience)
+    history: list[dict[str, float]] = []
+    start_epoch, done = 0, False
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stopper.load_state_dict(state["early_stop"])
+        history = [dict(h) for h in state["history"]]
+        start_epoch, done = int(state["epoch"]) + 1, bool(state.get("done", False))
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (last_path, best_path):
+            stale.unlink(missing_ok=True)  # --force: an earlier run's checkpoints must not mix with this one
+
+    inputs = {"manifest": saved_config["manifest_sha256"]} if manifest.path else {}
+    if loaded.checkpoint_sha256:
+        inputs["backbone"] = str(loaded.checkpoint_sha256)
+    atomic_write_json(
+        run_dir / "config.json", {"config": saved_config, "provenance": provenance(saved_config, inputs)}
+    )
+
+    epoch = start_epoch
+    while not done and epoch < config.epochs:
+        t0 = time.perf_counter()
+        _seed_epoch(config.seed, epoch)
+        loader = _loader(
+            train_set, config.batch_size, workers, shuffle=True, seed=config.seed * 100_003 + epoch
+        )
+        train_loss = _train_epoch(
+            net, loader, optimizer, criterion, lr_factor[epoch * iters_per_epoch :], device, epoch, last_path
+        )
+        val = _evaluate(net, val_set, config.batch_size, workers, device, criterion)
+
+        val_f1 = float(macro_f1(val["y_true"], val["y_pred"], n_classes))
+        improved = stopper.step(epoch, val_f1 if config.early_stop == "f1" else val["loss"])
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_macro_f1": val_f1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "head_lr": optimizer.param_groups[-1]["lr"],
+            "best": int(improved),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        history.append(row)
+        if improved:
+            _save(best_path, {"epoch": epoch, "model": _cpu_state(net)})
+        done = stopper.should_stop or epoch + 1 >= config.epochs
+        _save(
+            last_path,
+            {
+                "epoch": epoch,
+                "done": done,
+                "model": _cpu_state(net),
+                "optimizer": optimizer.state_dict(),
+                "early_stop": stopper.state_dict(),
+                "history": history,
+                "config": saved_config,
+            },
+        )
+        atomic_write_text(run_dir / "metrics.csv", _metrics_csv(history))
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val['loss']:.4f}, "
+            f"val macro-F1 {val_f1:.4f}{' (best)' if improved else ''}"
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        epoch += 1
+
+    stopped_early = stopper.should_stop and len(history) < config.epochs
+    if not best_path.exists():
+        raise DataError(f"{best_path}: missing; the run has no best checkpoint (restart with --force)")
+    best = _load_checkpoint(best_path)
+    net.load_state_dict(best["model"])
+    say(f"evaluating epoch {int(best['epoch']) + 1} (best on val) on {len(test_set)} test images")
+    test = _evaluate(net, test_set, config.batch_size, workers, device, criterion)
+    payload = _result_payload(
+        manifest, test_rows, loaded, classes, test, config, saved_config, inputs, best_path
+    )
+    payload["best_epoch"] = int(best["epoch"]) + 1
+    payload["epochs_run"] = len(history)
+    payload["stopped_early"] = stopped_early
+    payload["run_dir"] = str(run_dir)
+    write_result(result_path, payload, force=force or resume)
+    return FinetuneOutcome(
+        result_path=result_path,
+        run_dir=run_dir,
+        payload=payload,
+        best_epoch=int(best["epoch"]) + 1,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        history=history,
+    )
+
+
+def _result_payload(
+    manifest: Manifest,
+    test_rows: list[Row],
+    loaded: Any,
+    classes: list[str],
+    test: dict[str, Any],
+    config: FinetuneConfig,
+    saved_config: dict[str, Any],
+    inputs: dict[str, str],
+    best_path: Path,
+) -> dict[str, Any]:
+    fill_hashes(Manifest(name=manifest.name, rows=test_rows, path=manifest.path))
+    n_classes = len(classes)
+    metrics = classification_report(
+        test["y_true"],
+        test["y_pred"],
+        n_classes,
+        scores=test["scores"],
+        class_names=classes,
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+    )
+    inputs = dict(inputs, checkpoint=sha256_file(best_path))
+    payload: dict[str, Any] = {
+        "schema": "dermctl.result/1",
+        "protocol": "finetune",
+        "model": str(loaded.model_id),
+        "init": str(loaded.init),
+        "backbone": loaded.meta.timm_name,
+        "task": manifest.name,
+        "class_names": classes,
+        "test_split_sha256": test_split_hash([r.sha256 for r in test_rows]),
+        "metrics": metrics,
+        "config": saved_config,
+        "inputs": inputs,
+        "provenance": provenance(saved_config, inputs),
+    }
+    if "skin_type" in manifest.extra_columns:
+        groups = [r.extras.get("skin_type", "") or "unknown" for r in test_rows]
+        payload["per_skin_type"] = by_group(
+            test["y_true"], test["y_pred"], groups, n_classes, scores=test["scores"]
+        )
+    return payload
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnavailableError(f"--device: {name!r} asked for but no CUDA GPU is available here")
+    return device
+
+
+def _workers(n: int) -> int:
+    if n >= 0:
+        return n
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    # Augmentations draw from the global RNGs in the main process (num_workers=0); seeding per epoch makes
+    # a resumed run draw exactly what the uninterrupted one drew.
+    import random
+
+    s = (seed * 1_000_003 + epoch) % (2**31)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def _optimizer(net: FinetuneModel, config: FinetuneConfig) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = []
+    for prefix, lr in (("backbone.", config.lr), ("head.", config.head_lr)):
+        decay, no_decay = [], []
+        for name, p in net.named_parameters():
+            if not name.startswith(prefix) or not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)  # biases and norm weights: no decay
+        groups.append({"params": decay, "weight_decay": config.weight_decay, "lr": lr, "base_lr": lr})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def _train_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    lr_factor: np.ndarray,
+    device: torch.device,
+    epoch: int,
+    last_path: Path,
+) -> float:
+    """One pass over the train loader; `lr_factor[step]` scales each group's base lr. Mean train loss."""
+    net.train()
+    total, count = 0.0, 0
+    for step, (x, y) in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * float(lr_factor[step])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device):
+            loss = criterion(net(x).float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; "
+                f"{last_path} holds the last good epoch (lower --lr / --head-lr, then --resume)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _evaluate(
+    net: nn.Module,
+    dataset: ManifestImages,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    criterion: nn.Module,
+) -> dict[str, Any]:
+    net.eval()
+    ys, preds, scores = [], [], []
+    total, count = 0.0, 0
+    with _autocast(device):
+        for x, y in _loader(dataset, batch_size, workers, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            logits = net(x).float()
+            total += float(criterion(logits, y)) * len(y)
+            count += len(y)
+            ys.append(y.cpu())
+            preds.append(logits.argmax(1).cpu())
+            scores.append(torch.softmax(logits, dim=1).cpu())
+    return {
+        "y_true": torch.cat(ys).numpy(),
+        "y_pred": torch.cat(preds).numpy(),
+        "scores": torch.cat(scores).numpy(),
+        "loss": total / max(count, 1),
+    }
+
+
+def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or code-carrying files
+        raise DataError(
+            f"{path}: cannot load checkpoint safely ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise DataError(f"{path}: not a dermctl fine-tuning checkpoint (expected keys 'model' and 'epoch')")
+    return state
+
+
+def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    for key in (*_RESUME_KEYS, "model", "task", "classes", "backbone_sha256", "manifest_sha256"):
+        if key in old and old[key] != new.get(key):
+            raise ConflictError(
+                f"{path}: was trained with {key}={old[key]!r}, now {key}={new.get(key)!r}; "
+                "use the same options to --resume, or --force to restart"
+            )
+
+
+def _metrics_csv(history: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return buf.getvalue()

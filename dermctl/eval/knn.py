@@ -1,0 +1,416 @@
+"""Weighted k-nearest-neighbour classification on frozen features (DINO, Caron et al. 2021) and the
+few-shot kNN curves of Gröger et al. (Figure 1).
+
+The rule (DINO's `eval_knn.py`): L2-normalise features, cosine similarity, keep the k most similar
+training images, each votes for its class with weight exp(similarity / T) (k = 20, T = 0.07), the class
+with the largest summed vote wins; ties go to the lowest class index. `vote="majority"` counts votes
+instead. With s-shot support sets of K classes the support holds s*K images: k is capped at s*K (with
+1 shot and 8 classes, k = 8: every support image votes, weighted by its similarity).
+
+`knn_predict` runs the rule on a FAISS inner-product index. A sweep over many support sets (`KnnSweep`)
+computes the query x train similarity matrix ONCE and, per support set, only gathers its columns and
+takes the top k; the predictions are identical to running the rule on each support set afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from dermctl.data.manifest import find_task
+from dermctl.errors import DataError, UsageError
+from dermctl.eval.embeddings import load_task_embeddings, models_with_embeddings
+from dermctl.eval.fewshot import ALL, Shots, check_shots, class_members, draw_support, repeats_for
+from dermctl.eval.metrics import macro_f1
+from dermctl.eval.results import build_result, write_result
+from dermctl.workspace import Workspace
+
+VOTES = ("weighted", "majority")
+DEFAULT_K = 20
+DEFAULT_T = 0.07
+# k grid of `--k auto`, chosen on validation macro-F1 per support set (capped at the support size).
+K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
+
+
+def normalise(x: Any) -> np.ndarray:
+    """Row-wise L2 normalisation in float32 (all-zero rows stay zero)."""
+    a = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.maximum(norms, 1e-12)
+
+
+def _check_rule(k: int, temperature: float, vote: str) -> None:
+    if vote not in VOTES:
+        raise UsageError(f"--vote: {vote!r} is not one of {', '.join(VOTES)}")
+    if int(k) < 1:
+        raise UsageError(f"--k: {k} must be a positive integer (or 'auto')")
+    if not temperature > 0:
+        raise UsageError(f"--temperature: {temperature} must be > 0")
+
+
+def _faiss_index(train: np.ndarray) -> Any:
+    """An exact inner-product index; on the GPU when this FAISS build has GPUs and CUDA is present."""
+    import faiss
+
+    index = faiss.IndexFlatIP(train.shape[1])
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0 and torch.cuda.is_available():
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(train)
+    return index
+
+
+def vote_scores(
+    sims: np.ndarray, neighbour_labels: np.ndarray, n_classes: int, temperature: float, vote: str
+) -> np.ndarray:
+    """(n, n_classes) summed votes of the neighbours (rows: queries), normalised to sum to 1."""
+    n, k = sims.shape
+    if vote == "weighted":
+        weights = np.exp(sims.astype(np.float64) / temperature)
+    else:
+        weights = np.ones((n, k), dtype=np.float64)
+    flat = (np.arange(n, dtype=np.int64)[:, None] * n_classes + neighbour_labels).ravel()
+    votes = np.bincount(flat, weights=weights.ravel(), minlength=n * n_classes).reshape(n, n_classes)
+    return votes / np.maximum(votes.sum(axis=1, keepdims=True), 1e-300)
+
+
+def _decide(scores: np.ndarray) -> np.ndarray:
+    # np.argmax returns the first maximal index: ties go to the lowest class index.
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def knn_predict(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    n_classes: int,
+    k: int = DEFAULT_K,
+    T: float = DEFAULT_T,
+    vote: str = "weighted",
+) -> tuple[np.ndarray, np.ndarray]:
+    """DINO's weighted kNN: (predicted class per test row, (n_test, n_classes) normalised votes).
+
+    k is capped at the number of training rows."""
+    _check_rule(k, T, vote)
+    train = normalise(train_x)
+    test = normalise(test_x)
+    y = np.asarray(train_y, dtype=np.int64)
+    k_eff = min(int(k), train.shape[0])
+    sims, ids = _faiss_index(train).search(test, k_eff)
+    scores = vote_scores(sims, y[ids], n_classes, T, vote)
+    return _decide(scores), scores.astype(np.float32)
+
+
+class KnnSweep:
+    """Many support sets (subsets of one training set) against one query set.
+
+    The train x query similarity matrix is computed once (one matrix product, on the GPU when there is
+    one); a support set then only gathers its rows and selects its top k per query (NumPy: small
+    selections stay single-threaded). Memory: n_train x n_query float32."""
+
+    def __init__(self, train_x: Any, train_y: Any, query_x: Any, n_classes: int) -> None:
+        self.train = normalise(train_x)
+        self.query = normalise(query_x)
+        self.train_y = np.asarray(train_y, dtype=np.int64)
+        self.n_classes = n_classes
+        self.n_train = int(self.train.shape[0])
+        self._sim: np.ndarray | None = None
+        self._all: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def sim(self) -> np.ndarray:
+        """(n_train, n_query) cosine similarities, computed on first use."""
+        if self._sim is None:
+            if torch.cuda.is_available():
+                t = torch.from_numpy(self.train).cuda()
+                self._sim = (t @ torch.from_numpy(self.query).cuda().T).cpu().numpy()
+            else:
+                self._sim = self.train @ self.query.T
+        return self._sim
+
+    def _topk(
+        self, support: np.ndarray | None, k: int, ordered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(similarities, labels) of each query's k nearest support rows (sorted by similarity when
+        `ordered`; the vote does not need the order, only prefixes of several k do)."""
+        if support is None or len(support) == self.n_train:
+            k_eff = min(int(k), self.n_train)
+            if self._all is None or self._all[0].shape[1] < k_eff:
+                # One large selection: torch.topk is ~10x faster than NumPy's argpartition here.
+                top_t, pos_t = torch.topk(torch.from_numpy(self.sim), k_eff, dim=0, largest=True, sorted=True)
+                top, pos = top_t.T.numpy(), pos_t.T.numpy()
+                self._all = (np.ascontiguousarray(top), self.train_y[pos])
+            return self._all[0][:, :k_eff], self._all[1][:, :k_eff], k_eff
+        sup = np.asarray(support, dtype=np.int64)
+        sub = np.ascontiguousarray(self.sim[sup].T)  # (n_query, s): rows contiguous for the selection
+        labels = self.train_y[sup]
+        s = sub.shape[1]
+        k_eff = min(int(k), s)
+        if k_eff < s:
+            pos = np.argpartition(sub, s - k_eff, axis=1)[:, s - k_eff :]
+            top = np.take_along_axis(sub, pos, axis=1)
+        else:
+            pos = np.broadcast_to(np.arange(s), sub.shape)
+            top = sub
+        if ordered:
+            order = np.argsort(-top, axis=1, kind="stable")
+            top, pos = np.take_along_axis(top, order, axis=1), np.take_along_axis(pos, order, axis=1)
+        return top, labels[pos], k_eff
+
+    def predict(
+        self, support: np.ndarray | None, k: int = DEFAULT_K, T: float = DEFAULT_T, vote: str = "weighted"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions and normalised votes using only the `support` training rows (None = all)."""
+        top, labels, _ = self._topk(support, k, ordered=False)
+        scores = vote_scores(top, labels, self.n_classes, T, vote)
+        return _decide(scores), scores.astype(np.float32)
+
+    def predict_many_k(
+        self, support: np.ndarray | None, ks: Sequence[int], T: float = DEFAULT_T, vote: str = "weighted"
+    ) -> dict[int, np.ndarray]:
+        """{k: predictions} for several k from one top-k search (k capped at the support size)."""
+        top, labels, k_max = self._topk(support, max(ks))
+        out: dict[int, np.ndarray] = {}
+        for k in ks:
+            kk = min(int(k), k_max)
+            if kk not in out:
+                out[kk] = _decide(vote_scores(top[:, :kk], labels[:, :kk], self.n_classes, T, vote))
+        return out
+
+
+def choose_k(
+    val_sweep: KnnSweep,
+    val_y: np.ndarray,
+    support: np.ndarray | None,
+    T: float,
+    vote: str,
+    grid: Sequence[int] = K_GRID,
+) -> int:
+    """The k of `grid` (capped at the support size) with the best validation macro-F1; smallest k on ties."""
+    preds = val_sweep.predict_many_k(support, grid, T, vote)
+    best_k, best = 0, -1.0
+    for k in sorted(preds):
+        f1 = macro_f1(val_y, preds[k], val_sweep.n_classes)
+        if f1 > best:
+            best_k, best = k, f1
+    return best_k
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
+    """t-interval of the mean of `values` (repeats of a few-shot draw); [v, v] for one value."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return [float("nan"), float("nan")]
+    if v.size == 1:
+        return [float(v[0]), float(v[0])]
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return [float(v.mean() - half), float(v.mean() + half)]
+
+
+def curve_point(
+    shots: Shots, values: Sequence[float], k: Any, ci: list[float] | None = None
+) -> dict[str, Any]:
+    """One point of a few-shot curve as stored in result files."""
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "shots": shots,
+        "repeats": int(v.size),
+        "macro_f1_mean": float(v.mean()),
+        "macro_f1_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "macro_f1_ci": ci if ci is not None else mean_ci(v),
+        "values": [float(x) for x in v],
+        "k": k,
+    }
+
+
+@dataclass
+class KnnOutcome:
+    """A few-shot curve plus the headline ("all" training images) predictions."""
+
+    curve: list[dict[str, Any]]
+    pred: np.ndarray
+    scores: np.ndarray
+    k: int
+
+
+def knn_fewshot(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    n_classes: int,
+    shots: Sequence[Shots] = (1, 5, 10, ALL),
+    repeats: int = 10,
+    k: int | str = DEFAULT_K,
+    T: float = DEFAULT_T,
+    vote: str = "weighted",
+    seed: int = 0,
+    val_x: Any | None = None,
+    val_y: Any | None = None,
+    class_names: Sequence[str] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> KnnOutcome:
+    """Macro-F1 on the test set for `repeats` seeded stratified support sets per shot count.
+
+    `k="auto"` picks k per support set on the validation split from `K_GRID`. The headline predictions
+    use the whole training split (and the configured or auto-chosen k)."""
+    auto = k == "auto"
+    _check_rule(DEFAULT_K if auto else int(k), T, vote)
+    ytr = np.asarray(train_y, dtype=np.int64)
+    yte = np.asarray(test_y, dtype=np.int64)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
+    check_shots(shots, ytr, names)
+    if repeats < 1:
+        raise UsageError(f"--repeats: {repeats} must be at least 1")
+    test_sweep = KnnSweep(train_x, ytr, test_x, n_classes)
+    val_sweep = None
+    yva = None
+    if auto:
+        if val_x is None or val_y is None or len(val_y) == 0:
+            raise UsageError("--k auto: the task has no validation split to choose k on; give a number")
+        yva = np.asarray(val_y, dtype=np.int64)
+        val_sweep = KnnSweep(train_x, ytr, val_x, n_classes)
+
+    def pick_k(support: np.ndarray | None) -> int:
+        if val_sweep is not None and yva is not None:
+            return choose_k(val_sweep, yva, support, T, vote)
+        return min(int(k), ytr.size if support is None else len(support))
+
+    members = class_members(ytr, n_classes)
+    curve = []
+    for s in shots:
+        values, ks = [], []
+        for r in range(repeats_for(s, repeats)):
+            support = None if s == ALL else draw_support(ytr, s, n_classes, seed, r, members)
+            kk = pick_k(support)
+            pred, _ = test_sweep.predict(support, kk, T, vote)
+            values.append(macro_f1(yte, pred, n_classes))
+            ks.append(kk)
+            if on_step is not None:
+                on_step()
+        k_field: Any = sorted(set(ks)) if auto and len(set(ks)) > 1 else ks[0]
+        curve.append(curve_point(s, values, k_field))
+    k_all = pick_k(None)
+    pred, scores = test_sweep.predict(None, k_all, T, vote)
+    return KnnOutcome(curve=curve, pred=pred, scores=scores, k=k_all)
+
+
+@dataclass
+class EvalSummary:
+    """One written result, for the command line's table."""
+
+    model: str
+    task: str
+    path: str
+    macro_f1: float
+    macro_f1_ci: list[float]
+    curve: list[dict[str, Any]]
+
+
+def resolve_models(workspace: Workspace, task: str, models: Sequence[str] | None) -> list[str]:
+    """The given model ids, or every model with embeddings of `task`."""
+    if models:
+        return list(dict.fromkeys(models))
+    found = models_with_embeddings(workspace, task)
+    if not found:
+        raise DataError(
+            f"{workspace.embeddings}: no embeddings of task {task!r} (run `dermctl embed --model ... --task {task}`)"
+        )
+    return found
+
+
+def evaluate_knn(
+    workspace: Workspace,
+    task: str,
+    models: Sequence[str] | None = None,
+    shots: Sequence[Shots] = (1, 5, 10, ALL),
+    repeats: int = 10,
+    k: int | str = DEFAULT_K,
+    temperature: float = DEFAULT_T,
+    vote: str = "weighted",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    force: bool = False,
+    on_step: Callable[[], None] | None = None,
+) -> list[EvalSummary]:
+    """`dermctl knn`: few-shot kNN curves and headline metrics -> results/knn/<model>/<task>.json.
+
+    Every input is loaded and checked (manifest hash, shot counts) before any model is evaluated."""
+    if k != "auto":
+        _check_rule(int(k), temperature, vote)
+    else:
+        _check_rule(DEFAULT_K, temperature, vote)
+    if repeats < 1:
+        raise UsageError(f"--repeats: {repeats} must be at least 1")
+    manifest_path = find_task(workspace.manifests, task)
+    task_name = manifest_path.stem
+    data = [
+        load_task_embeddings(workspace, m, task_name, manifest_path)
+        for m in resolve_models(workspace, task_name, models)
+    ]
+    for d in data:
+        check_shots(shots, d.split("train")[1], d.class_names)
+    out = []
+    for d in data:
+        xtr, ytr = d.split("train")
+        xva, yva = d.split("val")
+        xte, yte = d.split("test")
+        res = knn_fewshot(
+            xtr,
+            ytr,
+            xte,
+            yte,
+            d.n_classes,
+            shots,
+            repeats,
+            k,
+            temperature,
+            vote,
+            seed,
+            xva,
+            yva,
+            d.class_names,
+            on_step,
+        )
+        metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
+        for point in res.curve:
+            if point["shots"] == ALL:
+                point["macro_f1_ci"] = metrics["macro_f1_ci"]  # one repeat: bootstrap over test images
+        config = {
+            "shots": list(shots),
+            "repeats": repeats,
+            "k": k,
+            "k_headline": res.k,
+            "temperature": temperature,
+            "vote": vote,
+            "seed": seed,
+            "bootstrap": bootstrap,
+            "feature_rule": d.embeddings.attrs.get("feature_rule"),
+        }
+        attrs = d.embeddings.attrs
+        payload = build_result(
+            "knn",
+            d.model_id,
+            str(attrs.get("init", "")),
+            str(attrs.get("backbone", "")),
+            task_name,
+            d.class_names,
+            d.test_sha256,
+            metrics,
+            config,
+            d.inputs(),
+            res.curve,
+            per_skin,
+        )
+        path = write_result(workspace.result_path("knn", d.model_id, task_name), payload, force=force)
+        out.append(
+            EvalSummary(
+                d.model_id, task_name, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], res.curve
+            )
+        )
+    return out

@@ -1,0 +1,254 @@
+"""SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
+
+Two random views of each image go through the encoder and an MLP projection head; the NT-Xent loss pulls
+the two projections of the same image together and pushes all other 2N-2 projections of the batch away.
+The projection head is discarded at export: the encoder's global-average-pooled output is the feature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from dermctl.errors import UsageError
+from dermctl.methods.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomGaussianBlur,
+    color_distortion,
+    normalize,
+)
+from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
+from dermctl.models.backbone import BackboneMeta, create_backbone
+
+# A feature std below this fraction of the healthy 1/sqrt(d) means the embeddings have collapsed.
+COLLAPSE_STD_FRACTION = 0.1
+
+
+def l2_normalized_std(z: torch.Tensor) -> torch.Tensor:
+    """Std over the batch of L2-normalised features, averaged over dimensions (Grill et al. 2020 /
+    lightly's collapse monitor): about 1/sqrt(d) for well-spread features, about 0 after collapse."""
+    if z.shape[0] < 2:  # undefined for one sample
+        return torch.tensor(float("nan"), device=z.device)
+    z = F.normalize(z.detach().float(), dim=1)
+    return z.std(dim=0).mean()
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_with_grad(z: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, differentiable (gradients flow back to the rank that produced them)."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z), dim=0)
+
+
+def nt_xent_loss(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather_distributed: bool = True
+) -> torch.Tensor:
+    """NT-Xent (normalised temperature-scaled cross entropy), eq. 1 of Chen et al. 2020.
+
+    z1[i] and z2[i] are the projections of two views of image i. For each of the 2N anchors the positive is
+    the other view of the same image and the negatives are the other 2N-2 projections; similarity is the
+    cosine of L2-normalised projections divided by `temperature`; the loss is the mean over all 2N anchors
+    of -log softmax(positive). Under torch.distributed (when `gather_distributed`), projections of all
+    ranks are gathered with gradients so the negatives come from the global batch; each rank averages over
+    its own anchors.
+
+    >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
+    >>> loss = nt_xent_loss(z1, z2, temperature=0.1)
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(
+            f"nt_xent_loss: z1 and z2 must be (N, D) of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    n = z1.shape[0]
+    rank, world = _world()
+    if gather_distributed and world > 1:
+        a1, a2 = _gather_with_grad(z1), _gather_with_grad(z2)
+    else:
+        rank, a1, a2 = 0, z1, z2
+    # Rows: local anchors (views 1 then views 2); columns: all views 1 then all views 2 of the global batch.
+    logits = torch.cat([z1, z2], dim=0) @ torch.cat([a1, a2], dim=0).T / temperature
+    total = a1.shape[0]
+    idx = torch.arange(n, device=z1.device) + rank * n
+    self_cols = torch.cat([idx, idx + total])  # each anchor's own column: excluded
+    pos_cols = torch.cat([idx + total, idx])  # the other view of the same image
+    logits = logits.masked_fill(F.one_hot(self_cols, 2 * total).bool(), float("-inf"))
+    return F.cross_entropy(logits, pos_cols)
+
+
+class NTXentLoss(nn.Module):
+    """SimCLR's contrastive loss as a module; see `nt_xent_loss`.
+
+    >>> criterion = NTXentLoss(temperature=0.1)
+    >>> loss = criterion(projections_view1, projections_view2)
+    """
+
+    def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"NTXentLoss: temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.gather_distributed = gather_distributed
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent_loss(z1, z2, self.temperature, self.gather_distributed)
+
+
+class SimCLRProjectionHead(nn.Sequential):
+    """g(.) of Chen et al. 2020: Linear - BatchNorm - ReLU - Linear (SimCLR v1 code puts BN after the
+    hidden layer; 2048 -> 2048 -> 128 on ResNet-50)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+
+class SimCLRTransform:
+    """Two independent views per image (Chen et al. 2020, appendix A): random resized crop with scale
+    (crop_scale_min, 1), horizontal flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale
+    p 0.2, Gaussian blur (sigma 0.1-2.0) with p 0.5, ImageNet normalisation."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        crop_scale_min: float = 0.08,
+        color_strength: float = 1.0,
+        p_jitter: float = 0.8,
+        p_gray: float = 0.2,
+        blur_p: float = 0.5,
+        hflip_p: float = 0.5,
+    ) -> None:
+        s = color_strength
+        self.view = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    image_size, scale=(crop_scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                ),
+                T.RandomHorizontalFlip(p=hflip_p),
+                color_distortion(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p_jitter=p_jitter, p_gray=p_gray),
+                RandomGaussianBlur(p=blur_p, radius_min=0.1, radius_max=2.0),
+                normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def __call__(self, img: Image.Image) -> dict[str, Any]:
+        return {"views": [self.view(img), self.view(img)]}
+
+
+@register_method
+class SimCLR(PretrainMethod):
+    """SimCLR on a timm CNN (ResNet-50 in Gröger et al.): encoder + projection head, NT-Xent loss."""
+
+    name = "simclr"
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        cfg = dict(ENGINE_DEFAULTS)
+        cfg.update(
+            {
+                # Gröger et al. Table 1
+                "backbone": "resnet50",
+                "optimizer": "adam",
+                "batch_size": 160,
+                "lr": 3e-5,
+                "lr_schedule": "cosine",
+                # Chen et al. use 1e-6 (with LARS); kept with Adam, biases/norms excluded by param_groups
+                "weight_decay": 1e-6,
+                # NT-Xent temperature: Chen et al. report 0.1 best for large batches (0.5 for CIFAR-10)
+                "temperature": 0.1,
+                # projection head 2048 -> 2048 -> 128 on ResNet-50 (input dim from the backbone)
+                "proj_hidden_dim": 2048,
+                "proj_out_dim": 128,
+                # views: Chen et al. appendix A
+                "crop_scale_min": 0.08,
+                "color_strength": 1.0,
+                "p_jitter": 0.8,
+                "p_gray": 0.2,
+                "blur_p": 0.5,
+                "hflip_p": 0.5,
+                # negatives from all GPUs (Chen et al. aggregate over devices)
+                "gather_distributed": True,
+            }
+        )
+        return cfg
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        if float(cfg["temperature"]) <= 0:
+            raise UsageError(f"temperature: must be > 0, got {cfg['temperature']}")
+        self.backbone = create_backbone(cfg["backbone"], cfg["init"])
+        in_dim = int(self.backbone.num_features)
+        self.projection_head = SimCLRProjectionHead(
+            in_dim, int(cfg["proj_hidden_dim"]), int(cfg["proj_out_dim"])
+        )
+        self.criterion = NTXentLoss(float(cfg["temperature"]), bool(cfg["gather_distributed"]))
+
+    def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
+        c = self.cfg
+        return SimCLRTransform(
+            int(c["image_size"]),
+            float(c["crop_scale_min"]),
+            float(c["color_strength"]),
+            float(c["p_jitter"]),
+            float(c["p_gray"]),
+            float(c["blur_p"]),
+            float(c["hflip_p"]),
+        )
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        v1, v2 = batch["views"]
+        n = v1.shape[0]
+        # One forward over both views: BatchNorm statistics over the 2N images, as in SimCLR.
+        z = self.projection_head(self.backbone(torch.cat([v1, v2], dim=0)).flatten(1))
+        z1, z2 = z[:n].float(), z[n:].float()
+        loss = self.criterion(z1, z2)
+        return loss, {"feature_std": float(l2_normalized_std(z))}
+
+    def collapse_reason(self, epoch_logs: dict[str, float]) -> str | None:
+        return std_collapse_reason(epoch_logs, int(self.cfg["proj_out_dim"]))
+
+    def export(self) -> tuple[nn.Module, BackboneMeta]:
+        return self.backbone, rgb_backbone_meta(self.cfg, self.name)
+
+
+def std_collapse_reason(epoch_logs: dict[str, float], dim: int) -> str | None:
+    """A reason when the epoch's mean `feature_std` of `dim`-dimensional features shows collapse."""
+    std = epoch_logs.get("feature_std")
+    healthy = 1.0 / math.sqrt(dim)
+    if std is not None and std < COLLAPSE_STD_FRACTION * healthy:
+        return f"feature_std {std:.4g} is below {COLLAPSE_STD_FRACTION:g} x 1/sqrt({dim}) = {COLLAPSE_STD_FRACTION * healthy:.4g}: embeddings collapsed"
+    return None
+
+
+def rgb_backbone_meta(cfg: dict[str, Any], method: str) -> BackboneMeta:
+    """Export description of an RGB CNN encoder fed ImageNet-normalised images (avgpool features)."""
+    return BackboneMeta(
+        timm_name=cfg["backbone"],
+        feature_rule="avgpool",
+        input_size=int(cfg["image_size"]),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        in_chans=3,
+        channels="rgb",
+        model_kwargs={},
+        extra={"method": method},
+    )

@@ -1,0 +1,82 @@
+"""Training checkpoints that can be loaded without executing code and whose damage is detected.
+
+A checkpoint is `torch.save` of plain containers only (tensors, numbers, strings, None, lists, tuples,
+dicts), written atomically, with its SHA-256 in a sidecar `<file>.sha256` (`sha256sum` format). Loading
+checks the hash first (a truncated or altered file is named and refused), then uses
+`torch.load(weights_only=True)`, so a file that needs pickle code execution is refused and its payload
+never runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dermctl.errors import DataError
+from dermctl.provenance import sha256_file
+from dermctl.workspace import atomic_path, atomic_write_text
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device)
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError naming the first value that is not a plain container (numpy, custom classes)."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where}: key {k!r} is not str/int")
+            check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} is not a plain container value")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write `state` atomically and its hash to `<path>.sha256`; returns the path."""
+    check_plain(state)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
+        digest = sha256_file(tmp)
+    atomic_write_text(sidecar_path(target), f"{digest}  {target.name}\n")
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Verify the sidecar hash, then load weights-only onto the CPU. Errors name the file."""
+    p = Path(path)
+    side = sidecar_path(p)
+    if not p.is_file():
+        raise DataError(f"{p}: checkpoint not found")
+    if not side.is_file():
+        raise DataError(f"{p}: no hash file {side.name} next to it; refusing an unverified checkpoint")
+    try:
+        expected = side.read_text(encoding="utf-8").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError) as exc:
+        raise DataError(f"{side}: cannot read the checkpoint hash") from exc
+    if sha256_file(p) != expected:
+        raise DataError(f"{p}: content hash does not match {side.name} (truncated or altered checkpoint)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for refused or damaged files
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
+            raise DataError(f"{p}: refusing to load: the checkpoint needs pickle code execution") from exc
+        first = text.splitlines()[0][:160] if text else ""
+        raise DataError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {first})") from exc
+    if not isinstance(state, dict):
+        raise DataError(f"{p}: not a dermctl checkpoint (expected a dict, found {type(state).__name__})")
+    return state

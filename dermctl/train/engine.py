@@ -1,0 +1,890 @@
+"""The one training engine shared by every pretraining method (`dermctl pretrain`).
+
+The loop follows the official DINO code (per-iteration lr / weight-decay / EMA-momentum schedules as
+precomputed arrays; lr scaled by global batch / 256 where the method asks for it) with the study's
+protocol from Gröger et al.: validation loss every epoch and early stopping after `patience` (5) epochs
+without improvement; the exported backbone is the one of the best validation epoch.
+
+Run folder `runs/<name>/` (see docs/pretrain.md):
+    config.json            resolved config + provenance (command, versions, data manifests' hashes, excluded)
+    metrics.csv            one row per epoch (rewritten atomically each epoch)
+    run.json               status, best epoch, epochs run
+    checkpoints/last.pt    full training state (+ .sha256), each epoch and on interruption
+    checkpoints/best.pt    the same state at the best val loss
+    backbone.safetensors   exported student backbone of the best epoch (+ backbone.json)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dermctl.data.manifest import find_task
+from dermctl.errors import (
+    EXIT_INTERRUPTED,
+    ConflictError,
+    DataError,
+    DermctlError,
+    TrainingError,
+    UnavailableError,
+    UsageError,
+)
+from dermctl.methods.base import PretrainMethod, StepContext, get_method
+from dermctl.models.backbone import check_backbone_name, export_backbone
+from dermctl.provenance import provenance
+from dermctl.train.checkpoint import load_checkpoint, save_checkpoint
+from dermctl.train.config import resume_differences, validate_config
+from dermctl.train.data import (
+    VAL_EPOCH,
+    ImageDataset,
+    check_files,
+    epoch_batches,
+    epoch_order,
+    load_pretrain_data,
+    make_loader,
+    resolve_num_workers,
+)
+from dermctl.train.distributed import Dist, dist_from_env
+from dermctl.train.early_stopping import EarlyStopping
+from dermctl.train.health import EpochLogs, KnnMonitor
+from dermctl.train.schedules import constant_schedule, cosine_schedule
+from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, read_json
+
+STATUSES = ("running", "finished", "early_stopped", "diverged", "collapsed", "interrupted")
+BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "weight_decay", "momentum")
+TAIL_COLUMNS = ("monitor_knn_f1", "collapsed", "seconds", "images_per_s", "data_wait_share")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class RunInterrupted(DermctlError):
+    """SIGINT/SIGTERM: a checkpoint of the current state was written; `--resume` continues the run."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass
+class StepUpdate:
+    """What the progress callback receives after every training step."""
+
+    epoch: int  # 1-based
+    epochs: int
+    batch: int  # 1-based within the epoch
+    batches: int
+    loss: float
+    images_per_s: float
+    data_wait_share: float
+
+
+@dataclass
+class RunSummary:
+    """The outcome of `pretrain`."""
+
+    name: str
+    run_dir: Path
+    status: str
+    epochs_run: int
+    best_epoch: int  # 1-based; 0 when no epoch was validated
+    best_val_loss: float | None
+    train_images: int
+    val_images: int
+    excluded: int
+    backbone: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        d["backbone"] = str(self.backbone) if self.backbone else None
+        return d
+
+
+# -- building blocks ---------------------------------------------------------------------------
+
+
+def default_run_name(cfg: dict[str, Any]) -> str:
+    return f"{cfg['method']}-{cfg['backbone']}".replace("/", "_")
+
+
+def resolve_device(device: str, dist: Dist | None = None) -> torch.device:
+    """auto -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device: {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnavailableError("--device cuda: no CUDA GPU is available here (use --device cpu)")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank if dist else 0)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler). auto = bf16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None, False
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16: needs a CUDA device (use bf16 or fp32 on the CPU)")
+        return torch.float16, True
+    raise UsageError(f"--precision: {precision!r} is not one of auto, bf16, fp16, fp32")
+
+
+def build_optimizer(
+    method: PretrainMethod, cfg: dict[str, Any], device: torch.device
+) -> torch.optim.Optimizer:
+    """sgd (with `sgd_momentum`) / adam / adamw over the method's parameter groups; the engine sets each
+    group's lr and weight decay every iteration (weight decay only where `apply_wd`)."""
+    groups = []
+    for g in method.param_groups():
+        params = [p for p in g["params"] if p.requires_grad]
+        if params:
+            groups.append(
+                {
+                    "params": params,
+                    "apply_wd": bool(g.get("apply_wd", True)),
+                    "lr_scale": float(g.get("lr_scale", 1.0)),
+                }
+            )
+    if not groups:
+        raise TrainingError(f"method {cfg['method']} has no trainable parameters")
+    on_cuda = device.type == "cuda"
+    name = cfg["optimizer"]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["sgd_momentum"], foreach=on_cuda or None)
+    kwargs: dict[str, Any] = {"fused": True} if on_cuda else {}
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=cfg["lr"], **kwargs)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg["lr"], **kwargs)
+    raise UsageError(f"config key 'optimizer' = {name!r}: expected one of sgd, adam, adamw")
+
+
+def build_schedules(cfg: dict[str, Any], iters_per_epoch: int, global_batch: int) -> dict[str, np.ndarray]:
+    """Per-iteration lr, weight decay and EMA momentum (DINO's `utils.cosine_scheduler` convention)."""
+    epochs = cfg["epochs"]
+    base_lr = cfg["lr"] * (global_batch / 256 if cfg["lr_scaling"] == "linear256" else 1.0)
+    if cfg["lr_schedule"] == "cosine":
+        lr = cosine_schedule(base_lr, cfg["min_lr"], epochs, iters_per_epoch, cfg["warmup_epochs"])
+    else:
+        lr = constant_schedule(base_lr, epochs, iters_per_epoch, cfg["warmup_epochs"])
+    wd_end = cfg["weight_decay_end"]
+    if wd_end is None:
+        wd = np.full(epochs * iters_per_epoch, float(cfg["weight_decay"]))
+    else:
+        wd = cosine_schedule(cfg["weight_decay"], wd_end, epochs, iters_per_epoch)
+    momentum = cosine_schedule(cfg["momentum_teacher"], 1.0, epochs, iters_per_epoch)
+    return {"lr": lr, "weight_decay": wd, "momentum": momentum}
+
+
+def _rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(mt), gauss],
+        "numpy": [
+            str(np_state[0]),
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in mt), gauss))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _batches(loader: Any, flag: _StopFlag) -> Iterator[Any]:
+    """Iterate a loader; an error re-raised from a worker process keeps its one-line message, and workers
+    ended by the same Ctrl-C that set `flag` end the epoch quietly (the caller checkpoints)."""
+    try:
+        yield from loader
+    except RuntimeError:
+        if flag.signum is None:
+            raise
+    except DermctlError as exc:
+        if "\n" not in exc.message:
+            raise
+        last = exc.message.strip().splitlines()[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        raise type(exc)(last.removeprefix(prefix)) from None
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    if isinstance(batch, list | tuple):
+        return _batch_len(batch[0])
+    return 1
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return str(v)
+
+
+def metrics_columns(history: list[dict[str, Any]]) -> list[str]:
+    middle: list[str] = []
+    for row in history:
+        for k in row:
+            if k not in BASE_COLUMNS and k not in TAIL_COLUMNS and k not in middle:
+                middle.append(k)
+    return [*BASE_COLUMNS, *middle, *TAIL_COLUMNS]
+
+
+def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    cols = metrics_columns(history)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for row in history:
+        w.writerow([_fmt(row.get(c)) for c in cols])
+    atomic_write_text(path, buf.getvalue())
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after each step and checkpoints before leaving."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals(flag: _StopFlag) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, flag.handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """One process per run folder; a lock left by a dead process is taken over."""
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            except PermissionError:
+                pass
+            raise ConflictError(
+                f"{run_dir}: run is locked by process {pid} (another `dermctl pretrain` on it)"
+            ) from None
+    else:
+        raise ConflictError(f"{run_dir}: cannot take the run lock {lock}")
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class _Trainer:
+    """State of one run; `pretrain()` is the public entry point and sets the parts below."""
+
+    method: PretrainMethod
+    optimizer: torch.optim.Optimizer
+    train_ds: ImageDataset
+    val_ds: ImageDataset
+    sched: dict[str, np.ndarray]
+    method_sched: dict[str, np.ndarray]
+    monitor: KnnMonitor | None
+    ipe: int  # iterations per epoch
+    workers: int
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        workspace: Workspace,
+        name: str,
+        device: torch.device,
+        dist: Dist,
+        log: Callable[[str], None],
+        progress: Callable[[StepUpdate], None] | None,
+    ) -> None:
+        self.cfg, self.workspace, self.name, self.device, self.dist = cfg, workspace, name, device, dist
+        self.log, self.progress = log, progress
+        self.run_dir = workspace.runs / name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.amp_dtype, use_scaler = resolve_precision(cfg["precision"], device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.history: list[dict[str, Any]] = []
+        self.stopper = EarlyStopping(cfg["patience"], cfg["min_delta"])
+        self.epoch = 0  # next epoch to run (0-based)
+        self.batch = 0  # batches of `epoch` already trained on (mid-epoch checkpoints)
+        self.partial: dict[str, Any] | None = None  # accumulators of a partly trained epoch
+        self.collapsed_epochs: list[int] = []
+        self.warnings: list[str] = []
+        self.flag = _StopFlag()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state(self, acc: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "format": "dermctl-pretrain-checkpoint/1",
+            "method": self.cfg["method"],
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "iteration": self.epoch * self.ipe + self.batch,
+            "partial": acc,
+            "early_stopping": self.stopper.state_dict(),
+            "history": self.history,
+            "collapsed_epochs": list(self.collapsed_epochs),
+            "rng": _rng_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("method") != self.cfg["method"]:
+            raise DataError(
+                f"{self.ckpt_dir / 'last.pt'}: checkpoint of method {state.get('method')!r}, not {self.cfg['method']!r}"
+            )
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise DataError(
+                f"{self.ckpt_dir / 'last.pt'}: does not fit this run's model: {str(exc).splitlines()[0][:160]}"
+            ) from exc
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.partial = state["partial"]
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.history = list(state["history"])
+        self.collapsed_epochs = list(state["collapsed_epochs"])
+        _set_rng_state(state["rng"])
+
+    def save(self, acc: dict[str, Any] | None, *, best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        state = self.state(acc)
+        save_checkpoint(state, self.ckpt_dir / "last.pt")
+        if best:
+            save_checkpoint(state, self.ckpt_dir / "best.pt")
+
+    def write_run(self, status: str, message: str = "") -> None:
+        if not self.dist.is_main:
+            return
+        best = self.stopper.best
+        atomic_write_json(
+            self.run_dir / "run.json",
+            {
+                "name": self.name,
+                "method": self.cfg["method"],
+                "status": status,
+                "epochs": self.cfg["epochs"],
+                "epochs_run": len(self.history),
+                "iterations": self.epoch * self.ipe + self.batch,
+                "best_epoch": self.stopper.best_epoch + 1,
+                "best_val_loss": best if math.isfinite(best) else None,
+                "collapsed_epochs": [e + 1 for e in self.collapsed_epochs],
+                "message": message,
+            },
+        )
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_epoch(self) -> dict[str, Any]:
+        cfg, epoch = self.cfg, self.epoch
+        acc = self.partial or {
+            "loss_sum": 0.0,
+            "n": 0,
+            "logs": EpochLogs().state_dict(),
+            "seconds": 0.0,
+            "wait": 0.0,
+        }
+        logs = EpochLogs()
+        logs.load_state_dict(acc["logs"])
+        order = self.dist.shard(epoch_order(len(self.train_ds), cfg["seed"], epoch))
+        batches = epoch_batches(order, cfg["batch_size"], epoch, drop_last=True, skip=self.batch)
+        gen = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # keeps the global RNG untouched
+        loader = make_loader(self.train_ds, batches, self.workers, self.device.type == "cuda", gen)
+        self.method.train()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        t_start = time.perf_counter()
+        seconds0 = acc["seconds"]
+        t0 = t_start
+        for b, batch in enumerate(_batches(loader, self.flag), start=self.batch):
+            wait = time.perf_counter() - t0
+            acc["wait"] += wait
+            it = epoch * self.ipe + b
+            ctx = StepContext(
+                it=it,
+                epoch=epoch,
+                training=True,
+                lr=float(self.sched["lr"][it]),
+                weight_decay=float(self.sched["weight_decay"][it]),
+                momentum=float(self.sched["momentum"][it]),
+            )
+            for g in self.optimizer.param_groups:
+                g["lr"] = ctx.lr * g["lr_scale"]
+                g["weight_decay"] = ctx.weight_decay if g["apply_wd"] else 0.0
+            batch = _to_device(batch, self.device)
+            with self.autocast():
+                loss, step_logs = self.method.training_step(batch, ctx)
+            loss_value = self.dist.all_reduce_mean(float(loss.detach().float().item()), self.device)
+            if not math.isfinite(loss_value):
+                self.diverged(loss_value, b, acc)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.dist.average_gradients(params)
+            self.method.before_optimizer_step(ctx)
+            if cfg["clip_grad"] > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg["clip_grad"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.method.after_optimizer_step(ctx)
+            n = _batch_len(batch)
+            acc["loss_sum"] += loss_value * n
+            acc["n"] += n
+            logs.add({k: float(v) for k, v in step_logs.items()}, n)
+            acc["logs"] = logs.state_dict()
+            now = time.perf_counter()
+            acc["seconds"] = seconds0 + (now - t_start)
+            self.batch = b + 1
+            if self.progress is not None:
+                secs = max(acc["seconds"], 1e-9)
+                self.progress(
+                    StepUpdate(
+                        epoch + 1,
+                        cfg["epochs"],
+                        b + 1,
+                        self.ipe,
+                        loss_value,
+                        acc["n"] / secs,
+                        acc["wait"] / secs,
+                    )
+                )
+            if self.flag.signum is not None:
+                self.interrupted(acc)
+            t0 = time.perf_counter()
+        return acc
+
+    def diverged(self, loss_value: float, b: int, acc: dict[str, Any]) -> None:
+        # The parameters have not been stepped with the bad loss: the current state is the last good one.
+        self.batch = b
+        self.save(acc)
+        msg = (
+            f"loss became {loss_value} at epoch {self.epoch + 1}, iteration {self.epoch * self.ipe + b}; "
+            f"resumable checkpoint {self.ckpt_dir / 'last.pt'} (lower lr or set clip_grad in a new run, or --resume)"
+        )
+        self.write_run("diverged", msg)
+        raise TrainingError(msg)
+
+    def interrupted(self, acc: dict[str, Any] | None) -> None:
+        self.save(acc)
+        sig = signal.Signals(self.flag.signum).name if self.flag.signum else "signal"
+        msg = f"interrupted by {sig} at epoch {self.epoch + 1}, batch {self.batch}; checkpoint written, continue with --resume"
+        self.write_run("interrupted", msg)
+        raise RunInterrupted(msg)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean val loss with fixed views and a fixed RNG so epochs are comparable; no state changes."""
+        self.method.eval()
+        order = list(range(len(self.val_ds)))
+        batches = epoch_batches(order, self.cfg["batch_size"], VAL_EPOCH, drop_last=False)
+        gen = torch.Generator().manual_seed(self.cfg["seed"])
+        loader = make_loader(self.val_ds, batches, self.workers, self.device.type == "cuda", gen)
+        total, n = 0.0, 0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg["seed"] + 7919)
+            random.seed(self.cfg["seed"] + 7919)
+            np.random.seed(self.cfg["seed"] + 7919)
+            for batch in loader:
+                ctx = StepContext(
+                    it=self.epoch * self.ipe,
+                    epoch=self.epoch,
+                    training=False,
+                    lr=0.0,
+                    weight_decay=0.0,
+                    momentum=1.0,
+                )
+                batch = _to_device(batch, self.device)
+                with self.autocast():
+                    loss, _ = self.method.training_step(batch, ctx)
+                k = _batch_len(batch)
+                total += float(loss.float().item()) * k
+                n += k
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        self.method.train()
+        return self.dist.all_reduce_mean(total / max(n, 1), self.device)
+
+    def monitor_score(self) -> float | None:
+        if self.monitor is None:
+            return None
+        module, meta = self.method.export()
+        with torch.random.fork_rng(devices=[]), self.autocast():
+            return self.monitor.score(module, meta, self.device)
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, epochs_log: Callable[[dict[str, Any]], None]) -> str:
+        cfg = self.cfg
+        status = "running"
+        with _signals(self.flag):
+            while self.epoch < cfg["epochs"]:
+                acc = self.train_epoch()
+                epoch = self.epoch
+                if self.flag.signum is not None:
+                    self.interrupted(acc)
+                validated = (epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]
+                val_loss = self.validate() if validated else math.nan
+                means = EpochLogs()
+                means.load_state_dict(acc["logs"])
+                epoch_logs = means.means()
+                reason = self.method.collapse_reason(epoch_logs)
+                if reason:
+                    self.collapsed_epochs.append(epoch)
+                    self.warnings.append(f"epoch {epoch + 1}: representation collapse: {reason}")
+                    self.log(f"[yellow]warning:[/] epoch {epoch + 1}: representation collapse: {reason}")
+                knn = None
+                if self.monitor is not None and (
+                    (epoch + 1) % cfg["monitor_every"] == 0 or epoch + 1 == cfg["epochs"]
+                ):
+                    knn = self.monitor_score()
+                it_last = min((epoch + 1) * self.ipe - 1, len(self.sched["lr"]) - 1)
+                secs = max(acc["seconds"], 1e-9)
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "train_loss": acc["loss_sum"] / max(acc["n"], 1),
+                    "val_loss": val_loss,
+                    "lr": float(self.sched["lr"][it_last]),
+                    "weight_decay": float(self.sched["weight_decay"][it_last]),
+                    "momentum": float(self.sched["momentum"][it_last]),
+                }
+                for k, arr in self.method_sched.items():
+                    row[k if k not in row else f"sched_{k}"] = float(arr[min(it_last, len(arr) - 1)])
+                for k, v in epoch_logs.items():
+                    row[k if k not in row and k not in TAIL_COLUMNS else f"log_{k}"] = v
+                row.update(
+                    monitor_knn_f1=knn,
+                    collapsed=bool(reason),
+                    seconds=acc["seconds"],
+                    images_per_s=acc["n"] / secs,
+                    data_wait_share=acc["wait"] / secs,
+                )
+                self.history.append(row)
+                improved = self.stopper.step(val_loss, epoch) if validated else False
+                self.epoch, self.batch, self.partial = epoch + 1, 0, None
+                if self.dist.is_main:
+                    write_metrics(self.run_dir / "metrics.csv", self.history)
+                self.save(None, best=improved)
+                self.write_run("running")
+                epochs_log(row)
+                if self.stopper.should_stop:
+                    status = "early_stopped"
+                    self.log(f"early stopping: val loss has not improved for {self.stopper.patience} epochs")
+                    break
+                if self.flag.signum is not None:  # arrived during validation or the monitor
+                    self.interrupted(None)
+        if status == "running":
+            status = "finished"
+        if self.collapsed_epochs:
+            status = "collapsed"
+        return status
+
+    def export(self, status: str) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        best = self.ckpt_dir / "best.pt"
+        source = best if best.is_file() else self.ckpt_dir / "last.pt"
+        state = load_checkpoint(source)
+        self.method.load_state_dict(state["model"])
+        module, meta = self.method.export()
+        meta.source = f"dermctl pretrain run {self.name}"
+        meta.extra = {
+            **meta.extra,
+            "method": self.cfg["method"],
+            "run": self.name,
+            "best_epoch": self.stopper.best_epoch + 1,
+            "status": status,
+            "config": self.cfg,
+        }
+        return export_backbone(module, self.run_dir, meta)
+
+
+def _as_log(log: Any) -> Callable[[str], None]:
+    """A callable, a `logging.Logger` (its `info`) or None."""
+    if log is None:
+        return lambda _m: None
+    if callable(log):
+        return log
+    return log.info
+
+
+def _as_progress(progress: Any) -> Callable[[StepUpdate], None] | None:
+    """A callable taking StepUpdate, a rich `Progress` (one task is added and updated) or None."""
+    if progress is None or not hasattr(progress, "add_task"):
+        return progress
+    task = progress.add_task("pretrain", total=None)
+
+    def update(u: StepUpdate) -> None:
+        progress.update(
+            task,
+            total=u.batches,
+            completed=u.batch,
+            description=f"epoch {u.epoch}/{u.epochs} loss {u.loss:.4f} {u.images_per_s:.1f} img/s",
+        )
+
+    return update
+
+
+def pretrain(
+    cfg: dict[str, Any],
+    data: list[Path],
+    workspace: Workspace,
+    *,
+    name: str | None = None,
+    resume: bool = False,
+    exclude: list[Path] | None = None,
+    allow_task_images: bool = False,
+    progress: Callable[[StepUpdate], None] | Any | None = None,
+    log: Callable[[str], None] | Any | None = None,
+    device: str = "auto",
+    dist: Dist | None = None,
+) -> RunSummary:
+    """Pretrain `cfg['method']` on the train rows of `data` manifests into `runs/<name>/`.
+
+    Everything is validated before training starts: the config, the backbone name, the device, the run
+    folder (an existing one needs `resume=True`), the data (evaluation images excluded and counted).
+    Raises TrainingError on a NaN/Inf loss (status diverged, resumable checkpoint kept) and
+    RunInterrupted (exit code 130) after checkpointing on SIGINT/SIGTERM.
+    """
+    dist = dist or dist_from_env(device)
+    say = _as_log(log) if dist.is_main else (lambda _m: None)
+    progress = _as_progress(progress) if dist.is_main else None
+    validate_config(cfg)
+    method_cls = get_method(cfg["method"])
+    check_backbone_name(cfg["backbone"])
+    dev = resolve_device(device, dist)
+    resolve_precision(cfg["precision"], dev)
+    name = name or default_run_name(cfg)
+    if not _NAME_RE.match(name):
+        raise UsageError(f"--name: {name!r} is not a valid run name (letters, digits, . _ + -)")
+    run_dir = workspace.runs / name
+    last = run_dir / "checkpoints" / "last.pt"
+    if run_dir.exists() and not resume:
+        raise ConflictError(
+            f"run folder {run_dir} exists; pass --resume to continue it or --name for a new run"
+        )
+    if resume:
+        if not last.is_file():
+            raise DataError(f"--resume: {run_dir} has no checkpoint to continue ({last} not found)")
+        saved = read_json(run_dir / "config.json").get("config", {})
+        diffs = resume_differences(saved, cfg)
+        if diffs:
+            k = diffs[0]
+            raise UsageError(
+                f"--resume: config key {k!r} = {cfg.get(k)!r} differs from the run's {saved.get(k)!r} "
+                "(a resumed run keeps its config; use --name for a new run)"
+            )
+        prev = (
+            read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").is_file() else "running"
+        )
+        if prev in ("finished", "early_stopped", "collapsed"):
+            raise ConflictError(
+                f"--resume: run {run_dir} has already ended (status {prev}); use --name for a new run"
+            )
+
+    pdata = load_pretrain_data(
+        data, workspace, exclude=exclude, allow_task_images=allow_task_images, seed=cfg["seed"]
+    )
+    check_files(pdata.train + pdata.val)
+    if pdata.skipped_task_manifests:
+        say(f"skipped {len(pdata.skipped_task_manifests)} task manifest(s) found in --data folders")
+    say(
+        f"{len(pdata.train)} training and {len(pdata.val)} validation images"
+        + (" (5% held out)" if pdata.held_out else "")
+        + f"; {pdata.excluded} evaluation-task images excluded"
+    )
+    global_batch = cfg["batch_size"] * dist.world_size
+    shard_len = len(dist.shard(list(range(len(pdata.train)))))
+    ipe = shard_len // cfg["batch_size"]
+    if ipe < 1:
+        raise UsageError(
+            f"--batch-size: {cfg['batch_size']} is larger than the {shard_len} training images per process"
+        )
+    monitor = None
+    if cfg.get("monitor_task"):
+        monitor = KnnMonitor(find_task(workspace.manifests, cfg["monitor_task"]))
+
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+
+    tr = _Trainer(cfg, workspace, name, dev, dist, say, progress)
+    tr.ipe = ipe
+    tr.monitor = monitor
+    tr.workers = resolve_num_workers(cfg["num_workers"])
+    tr.method = method_cls(cfg).to(dev)
+    tr.train_ds = ImageDataset(pdata.train, tr.method.transform(True), cfg["seed"])
+    tr.val_ds = ImageDataset(pdata.val, tr.method.transform(False), cfg["seed"])
+    tr.optimizer = build_optimizer(tr.method, cfg, dev)
+    tr.sched = build_schedules(cfg, ipe, global_batch)
+    tr.method_sched = {k: np.asarray(v) for k, v in tr.method.schedules(cfg["epochs"], ipe).items()}
+
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    lock = _run_lock(run_dir) if dist.is_main else contextlib.nullcontext()
+    with lock:
+        data_record = {
+            "train_images": len(pdata.train),
+            "val_images": len(pdata.val),
+            "held_out_val": pdata.held_out,
+            "excluded_task_images": pdata.excluded,
+            "allow_task_images": allow_task_images,
+            "exclude": [str(p) for p in exclude or []],
+            "skipped_task_manifests": pdata.skipped_task_manifests,
+        }
+        if resume:
+            tr.restore(load_checkpoint(last))
+            say(f"resuming {name} at epoch {tr.epoch + 1}" + (f", batch {tr.batch + 1}" if tr.batch else ""))
+            if dist.is_main:
+                record = read_json(run_dir / "config.json")
+                record.setdefault("resumed", []).append(
+                    provenance(cfg, pdata.manifests) | {"data": data_record}
+                )
+                atomic_write_json(run_dir / "config.json", record)
+        elif dist.is_main:
+            record = {
+                "config": cfg,
+                "provenance": provenance(cfg, pdata.manifests),
+                "data": data_record,
+                "device": str(dev),
+                "world_size": dist.world_size,
+                "global_batch": global_batch,
+                "iterations_per_epoch": ipe,
+            }
+            atomic_write_json(run_dir / "config.json", record)
+        tr.write_run("running")
+
+        def epoch_line(row: dict[str, Any]) -> None:
+            val = row["val_loss"]
+            say(
+                f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f}"
+                + (f", val loss {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "")
+                + (
+                    f", kNN macro-F1 {row['monitor_knn_f1']:.3f}"
+                    if row.get("monitor_knn_f1") is not None
+                    else ""
+                )
+                + f", {row['images_per_s']:.1f} img/s"
+            )
+
+        status = tr.run(epoch_line)
+        backbone = tr.export(status)
+        tr.write_run(status, "; ".join(tr.warnings))
+    best = tr.stopper.best
+    return RunSummary(
+        name=name,
+        run_dir=run_dir,
+        status=status,
+        epochs_run=len(tr.history),
+        best_epoch=tr.stopper.best_epoch + 1,
+        best_val_loss=best if math.isfinite(best) else None,
+        train_images=len(pdata.train),
+        val_images=len(pdata.val),
+        excluded=pdata.excluded,
+        backbone=backbone,
+        warnings=tr.warnings,
+    )
+
+
+__all__ = [
+    "RunInterrupted",
+    "RunSummary",
+    "StepUpdate",
+    "build_optimizer",
+    "build_schedules",
+    "default_run_name",
+    "pretrain",
+    "resolve_device",
+    "resolve_precision",
+]

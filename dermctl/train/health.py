@@ -1,0 +1,142 @@
+"""Training health: per-epoch means of a method's logs, and the optional kNN monitor on a labelled task.
+
+The monitor embeds a task's train and test images with the current student backbone (the method's
+feature rule) and logs the weighted kNN macro-F1 on test (k=20, T=0.07 as in DINO and Gröger et al.).
+Labels are used only for this number, never for training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from dermctl.data.images import open_rgb
+from dermctl.data.manifest import Manifest, read_manifest
+from dermctl.errors import DataError
+from dermctl.models.backbone import BackboneMeta, extract_features, select_channels
+
+
+class EpochLogs:
+    """Running sums of a method's per-step logs, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def add(self, logs: dict[str, float], n: int) -> None:
+        for k, v in logs.items():
+            self.sums[k] += float(v) * n
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+    def state_dict(self) -> dict[str, object]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.sums = defaultdict(float, {str(k): float(v) for k, v in dict(state["sums"]).items()})  # type: ignore[arg-type]
+        self.count = int(state["count"])  # type: ignore[arg-type]
+
+
+def is_finite(value: float) -> bool:
+    return math.isfinite(float(value))
+
+
+def _knn_predict(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, k: int, t: float
+) -> np.ndarray:
+    # Private fallback of DINO's weighted kNN (cosine similarity, votes exp(sim / T)) used when
+    # dermctl.eval.knn is not available.
+    a = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
+    b = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
+    sim = b @ a.T
+    k = min(k, len(a))
+    idx = np.argsort(-sim, axis=1)[:, :k]
+    votes = np.zeros((len(b), n_classes))
+    w = np.exp(np.take_along_axis(sim, idx, axis=1) / t)
+    np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[idx].ravel()), w.ravel())
+    return votes.argmax(axis=1)
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def knn_macro_f1(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_classes: int
+) -> float:
+    """Weighted kNN (k=20, T=0.07) macro-F1 on test; uses dermctl.eval when it is there."""
+    try:
+        from dermctl.eval.knn import knn_predict
+        from dermctl.eval.metrics import macro_f1
+
+        out = knn_predict(train_x, train_y, test_x, n_classes, k=20, T=0.07)
+    except ImportError:  # dermctl.eval or its faiss missing: a monitor must not end the run
+        pred = _knn_predict(train_x, train_y, test_x, n_classes, 20, 0.07)
+        return _macro_f1(test_y, pred, n_classes)
+    pred = out[0] if isinstance(out, tuple) else out  # (predictions, votes)
+    return float(macro_f1(test_y, np.asarray(pred), n_classes))
+
+
+class KnnMonitor:
+    """Embeds one labelled task with the current backbone and scores kNN macro-F1 (test split)."""
+
+    def __init__(self, task_manifest: Path, batch_size: int = 64) -> None:
+        self.manifest: Manifest = read_manifest(task_manifest)
+        self.classes = self.manifest.classes
+        if len(self.classes) < 2:
+            raise DataError(f"--monitor-task: {task_manifest} has fewer than two classes")
+        self.train = [
+            (self.manifest.resolve(r), self.classes.index(r.label))
+            for r in self.manifest.split_rows("train")
+            if r.label
+        ]
+        self.test = [
+            (self.manifest.resolve(r), self.classes.index(r.label))
+            for r in self.manifest.split_rows("test")
+            if r.label
+        ]
+        if not self.train or not self.test:
+            raise DataError(f"--monitor-task: {task_manifest} needs labelled train and test rows")
+        for p, _ in self.train + self.test:
+            if not p.is_file():
+                raise DataError(f"--monitor-task: image {p} not found")
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def _embed(
+        self, model: nn.Module, meta: BackboneMeta, items: list[tuple[Path, int]], device: torch.device
+    ) -> np.ndarray:
+        size = meta.input_size
+        tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(meta.mean, meta.std)])
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            x = torch.stack([tf(open_rgb(p)) for p, _ in items[i : i + self.batch_size]]).to(device)
+            feats = extract_features(model, select_channels(x, meta.channels), meta.feature_rule)
+            out.append(feats.float().cpu().numpy())
+        return np.concatenate(out)
+
+    def score(self, model: nn.Module, meta: BackboneMeta, device: torch.device) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            train_x = self._embed(model, meta, self.train, device)
+            test_x = self._embed(model, meta, self.test, device)
+        finally:
+            model.train(was_training)
+        train_y = np.array([y for _, y in self.train])
+        test_y = np.array([y for _, y in self.test])
+        return knn_macro_f1(train_x, train_y, test_x, test_y, len(self.classes))

@@ -1,0 +1,80 @@
+"""dermctl.train.checkpoint: hashed, weights-only checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dermctl.errors import DataError
+from dermctl.provenance import sha256_file
+from dermctl.train.checkpoint import check_plain, load_checkpoint, save_checkpoint, sidecar_path
+
+
+def _state():
+    return {
+        "model": {"w": torch.arange(6.0).reshape(2, 3)},
+        "epoch": 3,
+        "rng": [3, [1, 2], None],
+        "name": "x",
+        "f": 0.5,
+    }
+
+
+def test_round_trip_and_sidecar(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "c" / "last.pt")
+    side = sidecar_path(p)
+    assert side.read_text().split()[0] == sha256_file(p)
+    back = load_checkpoint(p)
+    assert torch.equal(back["model"]["w"], _state()["model"]["w"])
+    assert back["epoch"] == 3 and back["rng"] == [3, [1, 2], None]
+    assert not [q for q in p.parent.iterdir() if q.name.endswith(".tmp")]
+
+
+def test_altered_and_truncated_files_are_named(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "last.pt")
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="last.pt.*altered"):
+        load_checkpoint(p)
+    p.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(DataError, match="last.pt"):
+        load_checkpoint(p)
+
+
+def test_missing_sidecar_or_file(tmp_path):
+    p = save_checkpoint(_state(), tmp_path / "last.pt")
+    sidecar_path(p).unlink()
+    with pytest.raises(DataError, match="hash"):
+        load_checkpoint(p)
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": _Evil(str(marker))}, p)
+    # A matching hash must not help: the hash proves integrity, not safety.
+    sidecar_path(p).write_text(f"{sha256_file(p)}  evil.pt\n")
+    with pytest.raises(DataError, match="evil.pt.*pickle"):
+        load_checkpoint(p)
+    assert not marker.exists()
+
+
+def test_only_plain_containers_are_saved(tmp_path):
+    with pytest.raises(TypeError, match="numpy"):
+        save_checkpoint({"a": np.zeros(3)}, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+    check_plain({"a": [torch.zeros(1), (1, 2.0, "s", None, True)]})

@@ -1,0 +1,125 @@
+"""`dermctl pretrain` through the CLI: errors and exit codes, --print-config, a tiny run with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import helpers_methods  # noqa: F401  (registers the tiny test method)
+import pytest
+from helpers_methods import make_corpus, make_images, make_task
+from typer.testing import CliRunner
+
+from dermctl.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    (root / "manifests").mkdir(parents=True)
+    man = make_corpus(tmp_path / "corpus.csv", make_images(tmp_path / "img", 10))
+    return root, man
+
+
+def _run(root, *args):
+    return runner.invoke(app, ["-C", str(root), "pretrain", *args])
+
+
+def test_unknown_method_and_backbone_and_bad_values(ws):
+    root, man = ws
+    r = _run(root, "--method", "nosuch", "--data", str(man))
+    assert r.exit_code == 2 and "--method" in r.output and "nosuch" in r.output
+    r = _run(root, "--method", "tinytest", "--data", str(man), "--backbone", "resnet_9000", "--device", "cpu")
+    assert r.exit_code == 2 and "--backbone" in r.output
+    r = _run(root, "--method", "tinytest", "--data", str(man), "--epochs", "0")
+    assert r.exit_code == 2 and "'epochs'" in r.output
+    r = _run(root, "--method", "tinytest", "--data", str(man), "--set", "nope=1")
+    assert r.exit_code == 2 and "'nope'" in r.output
+    r = _run(root, "--method", "tinytest")
+    assert r.exit_code == 2 and "--data" in r.output
+    r = _run(root, "--method", "tinytest", "--data", str(root / "missing.csv"), "--device", "cpu")
+    assert r.exit_code == 3 and "missing.csv" in r.output
+
+
+def test_print_config_toml_and_json(ws, tmp_path):
+    root, _ = ws
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text("[pretrain]\nlr = 0.2\nepochs = 9\n", encoding="utf-8")
+    r = _run(root, "--method", "tinytest", "--config", str(cfg_file), "--set", "epochs=4", "--print-config")
+    assert r.exit_code == 0, r.output
+    parsed = tomllib.loads(r.stdout)
+    assert parsed["lr"] == 0.2 and parsed["epochs"] == 4 and parsed["method"] == "tinytest"
+    r = runner.invoke(
+        app, ["-C", str(root), "--json", "pretrain", "--method", "tinytest", "--print-config", "--lr", "0.3"]
+    )
+    assert r.exit_code == 0 and json.loads(r.stdout)["lr"] == 0.3
+
+
+def test_task_manifest_in_data_needs_opt_in(ws, tmp_path):
+    root, _ = ws
+    task = make_task(tmp_path / "task.csv", make_images(tmp_path / "t", 6, prefix="t"))
+    r = _run(root, "--method", "tinytest", "--data", str(task), "--device", "cpu")
+    assert r.exit_code == 2 and "--allow-task-images" in r.output
+
+
+def test_tiny_run_json_conflict_and_nan(ws):
+    root, man = ws
+    args = [
+        "--method",
+        "tinytest",
+        "--data",
+        str(man),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "3",
+    ]
+    r = runner.invoke(app, ["-C", str(root), "--json", "pretrain", *args])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["status"] == "finished" and out["epochs_run"] == 2 and out["name"] == "tinytest-resnet10t"
+    assert (root / "runs" / "tinytest-resnet10t" / "backbone.safetensors").is_file()
+    r = _run(root, *args)
+    assert r.exit_code == 5 and "--resume" in r.output
+    r = _run(root, *args, "--name", "nan", "--set", "nan_at_it=1")
+    assert r.exit_code == 4 and "nan" in r.output and "last.pt" in r.output
+
+
+def test_sigterm_checkpoints_and_exits_130(ws):
+    root, man = ws
+    script = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers_methods; from dermctl.cli.app import app; app()"
+    cmd = [
+        sys.executable,
+        "-c",
+        script,
+        "-C",
+        str(root),
+        "pretrain",
+        "--method",
+        "tinytest",
+        "--data",
+        str(man),
+    ]
+    cmd += ["--epochs", "500", "--patience", "0", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    last = root / "runs" / "tinytest-resnet10t" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 90
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "SIGTERM" in err
+    run = json.loads((root / "runs" / "tinytest-resnet10t" / "run.json").read_text())
+    assert run["status"] == "interrupted"

@@ -1,0 +1,278 @@
+"""Report: Table 2 (Markdown/CSV/LaTeX), Figure 1 (PNG/SVG), report.html from hand-written result files."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dermctl.errors import DataError, UsageError
+from dermctl.report import make_report, parse_formats
+from dermctl.report.collect import collect
+from dermctl.report.figures import figure1_data, render_figure1
+from dermctl.report.tables import build_table2, order_tasks, to_csv, to_latex, to_markdown
+
+SPLIT = {"fitzpatrick17k": "a" * 64, "pad-ufes-20": "b" * 64, "ham10000": "c" * 64}
+
+
+def write_result(
+    results: Path,
+    protocol: str,
+    model: str,
+    task: str,
+    f1: float,
+    ci: tuple[float, float] | None = None,
+    init: str | None = None,
+    split: str | None = None,
+    curve: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Path:
+    payload: dict[str, Any] = {
+        "schema": "dermctl.result/1",
+        "protocol": protocol,
+        "model": model,
+        "init": init or model.split("-")[0],
+        "backbone": "resnet50",
+        "task": task,
+        "class_names": ["a", "b"],
+        "test_split_sha256": split or SPLIT.get(task, "d" * 64),
+        "metrics": {"macro_f1": f1, "macro_f1_ci": list(ci) if ci else None, "n": 10},
+        "config": {},
+        "inputs": {},
+        "provenance": {"versions": {"dermctl": "0.1.0"}, "created": "2026-01-01T00:00:00+00:00"},
+    }
+    if curve is not None:
+        payload["curve"] = curve
+    payload.update(extra)
+    path = results / protocol / model / f"{task}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def curve(base: float) -> list[dict[str, Any]]:
+    # deliberately unsorted: "all" first
+    points = [("all", base + 0.3), (1, base), (10, base + 0.2), (5, base + 0.1)]
+    return [
+        {
+            "shots": s,
+            "repeats": 5,
+            "macro_f1_mean": m,
+            "macro_f1_std": 0.01,
+            "macro_f1_ci": [m - 0.02, m + 0.02],
+            "k": 20,
+        }
+        for s, m in points
+    ]
+
+
+# ------------------------------------------------------------------ Table 2
+
+
+def test_missing_cell_exact_text(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    write_result(res, "linear", "imagenet-resnet50", "fitzpatrick17k", 0.51, (0.48, 0.54), init="imagenet")
+    write_result(res, "linear", "imagenet-resnet50", "ham10000", 0.541, (0.5, 0.58), init="imagenet")
+    write_result(res, "finetune", "imagenet-resnet50", "pad-ufes-20", 0.615, (0.6, 0.63), init="imagenet")
+    table = build_table2(collect(res))
+    assert table.columns == ["fitzpatrick17k", "pad-ufes-20", "ham10000"]
+    md = to_markdown(table).splitlines()
+    assert "| evaluation | init | Fitzpatrick17k | PAD-UFES-20 | HAM10000 |" in md
+    assert "| linear | ImageNet | 51.0 [48.0, 54.0] | — | 54.1 [50.0, 58.0] |" in md
+    assert "| fine-tuned | ImageNet | — | 61.5 [60.0, 63.0] | — |" in md
+    csv_lines = to_csv(table).splitlines()
+    assert csv_lines[0] == (
+        "evaluation,init,model,marks,Fitzpatrick17k,Fitzpatrick17k ci_low,Fitzpatrick17k ci_high,"
+        "PAD-UFES-20,PAD-UFES-20 ci_low,PAD-UFES-20 ci_high,HAM10000,HAM10000 ci_low,HAM10000 ci_high"
+    )
+    assert csv_lines[1] == "linear,ImageNet,imagenet-resnet50,,51.0,48.0,54.0,,,,54.1,50.0,58.0"
+    assert csv_lines[2] == "fine-tuned,ImageNet,imagenet-resnet50,,,,,61.5,60.0,63.0,,,"
+    tex = to_latex(table)
+    assert r"linear & ImageNet & 51.0 [48.0, 54.0] & --- & 54.1 [50.0, 58.0] \\" in tex
+    assert r"fine-tuned & ImageNet & --- & 61.5 [60.0, 63.0] & --- \\" in tex
+    assert "| 0.0" not in to_markdown(table) and ",0.0," not in to_csv(table)
+
+
+def test_cell_without_ci_and_csv_never_zero(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    write_result(res, "linear", "dino-a", "ham10000", 0.5, None, init="dino")
+    write_result(res, "linear", "byol-a", "pad-ufes-20", 0.0, (0.0, 0.0), init="byol")
+    table = build_table2(collect(res))
+    md = to_markdown(table)
+    assert "| linear | DINO | — | 50.0 |" in md
+    # a real zero is a number; a missing one is a dash
+    assert "| linear | BYOL | 0.0 [0.0, 0.0] | — |" in md
+
+
+def test_rows_and_columns_in_paper_order(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    tasks = ["zzz-private", "ham10000", "pad-ufes-20", "fitzpatrick17k"]
+    rows = [
+        ("finetune", "ibot-vit", "ibot"),
+        ("linear", "random-resnet50", "random"),
+        ("linear", "ibot-vit", "ibot"),
+        ("linear", "mae-vit", "mae"),
+        ("linear", "dino-b", "dino"),
+        ("linear", "simclr-r50", "simclr"),
+        ("linear", "dino-a", "dino"),
+        ("linear", "imagenet-resnet50", "imagenet"),
+        ("stratified", "stratified", "stratified"),
+        ("linear", "colorme-r50", "colorme"),
+        ("linear", "byol-r50", "byol"),
+        ("finetune", "imagenet-resnet50", "imagenet"),
+        ("finetune", "random-resnet50", "random"),
+        ("finetune", "colorme-r50", "colorme"),
+    ]
+    for protocol, model, init in rows:
+        for t in tasks:
+            write_result(res, protocol, model, t, 0.5, (0.4, 0.6), init=init)
+    table = build_table2(collect(res))
+    assert table.columns == ["fitzpatrick17k", "pad-ufes-20", "ham10000", "zzz-private"]
+    assert order_tasks(["HAM10000", "other", "PAD-UFES-20"]) == ["PAD-UFES-20", "HAM10000", "other"]
+    got = [(r.evaluation, r.label) for r in table.rows]
+    assert got == [
+        ("linear", "stratified random"),
+        ("linear", "ImageNet"),
+        ("linear", "ColorMe"),
+        ("linear", "SimCLR"),
+        ("linear", "BYOL"),
+        ("linear", "DINO (dino-a)"),
+        ("linear", "DINO (dino-b)"),
+        ("linear", "iBOT"),
+        ("linear", "random"),
+        ("linear", "mae"),
+        ("fine-tuned", "ImageNet"),
+        ("fine-tuned", "ColorMe"),
+        ("fine-tuned", "iBOT"),
+        ("fine-tuned", "random"),
+    ]
+    # --tasks picks and orders columns; a task without results is an all-dash column
+    table = build_table2(collect(res, tasks=["ham10000", "isic2019"]), tasks=["ham10000", "isic2019"])
+    assert table.columns == ["ham10000", "isic2019"]
+    assert all(r.cells["isic2019"] is None for r in table.rows)
+    assert "| linear | ImageNet | 50.0 [40.0, 60.0] | — |" in to_markdown(table)
+
+
+def test_mismatched_test_splits_refused_naming_both_files(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    a = write_result(res, "linear", "dino-a", "ham10000", 0.5, init="dino", split="1" * 64)
+    b = write_result(res, "finetune", "dino-a", "ham10000", 0.6, init="dino", split="2" * 64)
+    write_result(res, "linear", "dino-a", "pad-ufes-20", 0.5, init="dino")
+    with pytest.raises(DataError) as info:
+        collect(res)
+    msg = info.value.message
+    assert str(a) in msg and str(b) in msg and "\n" not in msg
+    out = tmp_path / "reports"
+    with pytest.raises(DataError):
+        make_report(res, out)
+    assert not out.exists()  # refused before writing anything
+    # reporting only the other task is fine
+    assert [r.task for r in collect(res, tasks=["pad-ufes-20"]).records] == ["pad-ufes-20"]
+
+
+def test_collapsed_run_flagged(tmp_path: Path) -> None:
+    res, runs = tmp_path / "results", tmp_path / "runs"
+    write_result(res, "linear", "dino-a", "ham10000", 0.3, (0.2, 0.4), init="dino")
+    write_result(res, "linear", "byol-b", "ham10000", 0.4, (0.3, 0.5), init="byol")
+    write_result(res, "linear", "ibot-c", "ham10000", 0.6, (0.5, 0.7), init="ibot")
+    for name, status in (("dino-a", "collapsed"), ("byol-b", "diverged"), ("ibot-c", "finished")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.json").write_text(json.dumps({"status": status, "name": name}))
+    table = build_table2(collect(res, runs_dir=runs))
+    labels = [r.label for r in table.rows]
+    assert labels == ["BYOL†", "DINO†", "iBOT"]
+    assert any("dino-a" in n and "collapsed" in n and n.startswith("†") for n in table.footnotes)
+    assert any("byol-b" in n and "diverged" in n for n in table.footnotes)
+    md = to_markdown(table)
+    assert "| linear | DINO† | 30.0 [20.0, 40.0] |" in md and "pretraining run dino-a ended collapsed" in md
+    assert r"DINO$^\dagger$" in to_latex(table)
+    assert to_csv(table).splitlines()[2].startswith("linear,DINO,dino-a,†,30.0")
+
+
+def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    with pytest.raises(DataError, match="no result files"):
+        collect(tmp_path / "results")
+    with pytest.raises(DataError, match="not a folder"):
+        collect(tmp_path / "nope")
+    bad = tmp_path / "results" / "linear" / "m" / "t.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match=str(bad)):
+        collect(tmp_path / "results")
+
+
+def test_parse_formats() -> None:
+    assert parse_formats(None) == ["md", "csv", "tex", "png", "svg", "html"]
+    assert parse_formats(["md", "HTML"]) == ["md", "html"]
+    with pytest.raises(UsageError, match="--format: pdf"):
+        parse_formats(["md", "pdf"])
+
+
+# ------------------------------------------------------------------ Figure 1 and HTML
+
+
+def test_figure_data_orders_shots_with_all_last(tmp_path: Path) -> None:
+    res = tmp_path / "results"
+    write_result(res, "knn", "ibot-vit", "ham10000", 0.7, init="ibot", curve=curve(0.4))
+    write_result(res, "knn", "imagenet-r50", "ham10000", 0.6, init="imagenet", curve=curve(0.3))
+    write_result(res, "knn", "imagenet-r50", "pad-ufes-20", 0.6, init="imagenet", curve=curve(0.2))
+    data = figure1_data(collect(res))
+    assert data.tasks == ["pad-ufes-20", "ham10000"]
+    s = next(s for s in data.series if s.model == "ibot-vit")
+    assert s.shots == [1, 5, 10, "all"] and s.label == "iBOT"
+    assert s.mean == pytest.approx([0.4, 0.5, 0.6, 0.7])
+    assert s.lo[0] == pytest.approx(0.38) and s.hi[-1] == pytest.approx(0.72)
+
+
+def _parse_html(text: str) -> list[str]:
+    tags: list[str] = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            tags.append(tag)
+
+    P().feed(text)
+    return tags
+
+
+def test_make_report_writes_valid_files(tmp_path: Path) -> None:
+    res, runs, out = tmp_path / "results", tmp_path / "runs", tmp_path / "reports"
+    write_result(res, "knn", "ibot-vit", "ham10000", 0.7, (0.65, 0.75), init="ibot", curve=curve(0.4))
+    write_result(res, "knn", "colorme-r50", "ham10000", 0.6, (0.55, 0.65), init="colorme", curve=curve(0.3))
+    write_result(res, "linear", "ibot-vit", "ham10000", 0.72, (0.7, 0.74), init="ibot")
+    write_result(res, "linear", "dino-x", "ham10000", 0.1, (0.05, 0.15), init="dino")
+    (runs / "dino-x").mkdir(parents=True)
+    (runs / "dino-x" / "run.json").write_text(json.dumps({"status": "collapsed"}))
+    report = make_report(res, out, runs_dir=runs)
+    assert set(report.written) == {"md", "csv", "tex", "png", "svg", "html"}
+    png = (out / "figure1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    svg_root = ET.fromstring((out / "figure1.svg").read_bytes())
+    assert svg_root.tag.endswith("svg")
+    page = (out / "report.html").read_text()
+    tags = _parse_html(page)
+    assert "svg" in tags and "table" in tags
+    assert "72.0 [70.0, 74.0]" in page and "&mdash;" in page and "collapsed" in page
+    assert "Provenance" in page and "ibot-vit" in page
+    assert not list(out.glob(".*.tmp"))
+    # re-running replaces the report with identical text
+    md = (out / "table2.md").read_text()
+    svg = (out / "figure1.svg").read_bytes()
+    make_report(res, out, runs_dir=runs, formats=["md", "svg"])
+    assert (out / "table2.md").read_text() == md and (out / "figure1.svg").read_bytes() == svg
+
+
+def test_html_falls_back_to_png_and_no_figure_without_knn(tmp_path: Path) -> None:
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write_result(res, "linear", "ibot-vit", "ham10000", 0.72, (0.7, 0.74), init="ibot")
+    report = make_report(res, out, formats=["png", "html"])
+    assert "png" not in report.written and report.notes
+    assert "No kNN curves" in (out / "report.html").read_text()
+    data = figure1_data(collect(res))
+    assert data.series == []
+    assert render_figure1(data, "png")[:4] == b"\x89PNG"
