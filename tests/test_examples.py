@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fakes import make_fitzpatrick17k, make_ham10000, make_isic_archive, make_mednode, make_pad_ufes_20
 
 ROOT = Path(__file__).resolve().parents[1]
