@@ -56,9 +56,12 @@ def test_schedules_hit_documented_values():
     assert s["lr"][0] == 0.0
     assert s["lr"][9] == pytest.approx(0.2)  # end of warm-up: lr * 512 / 256
     assert s["lr"][10] == pytest.approx(0.2)  # cosine starts at the base value
-    assert s["lr"][-1] == pytest.approx(1e-4)
-    assert s["weight_decay"][0] == pytest.approx(0.04) and s["weight_decay"][-1] == pytest.approx(0.4)
-    assert s["momentum"][0] == pytest.approx(0.99) and s["momentum"][-1] == pytest.approx(1.0)
+    # official DINO cosine: final + (base - final) / 2 * (1 + cos(pi * i / n)), i < n; the end approaches final
+    assert s["lr"][-1] == pytest.approx(1e-4 + 0.5 * (0.2 - 1e-4) * (1 + np.cos(np.pi * 39 / 40)))
+    assert s["weight_decay"][0] == pytest.approx(0.04)
+    assert s["weight_decay"][-1] == pytest.approx(0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * 49 / 50)))
+    assert s["momentum"][0] == pytest.approx(0.99)
+    assert s["momentum"][-1] == pytest.approx(1.0 + 0.5 * (0.99 - 1.0) * (1 + np.cos(np.pi * 49 / 50)))
     flat = build_schedules(dict(cfg, lr_schedule="none", warmup_epochs=0, lr_scaling="none"), 5, 512)
     assert np.allclose(flat["lr"], 0.1)
     assert np.allclose(build_schedules(dict(cfg, weight_decay_end=None), 5, 8)["weight_decay"], 0.04)

@@ -46,10 +46,11 @@ def test_knn_predict_equals_brute_force(vote: str, k: int) -> None:
     assert np.allclose(scores.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("vote", ["weighted", "majority"])
-def test_sweep_on_support_sets_equals_brute_force(vote: str) -> None:
+def test_sweep_on_support_sets_equals_brute_force(vote: str, backend: str) -> None:
     xtr, ytr, xte, _ = data(seed=1)
-    sweep = KnnSweep(xtr, ytr, xte, 5)
+    sweep = KnnSweep(xtr, ytr, xte, 5, device="cpu", backend=backend)
     for shots, k in [(1, 20), (3, 20), (10, 7)]:  # 1 shot x 5 classes: k capped to 5
         for r in range(3):
             sup = draw_support(ytr, shots, 5, seed=0, repeat=r)
@@ -59,6 +60,11 @@ def test_sweep_on_support_sets_equals_brute_force(vote: str) -> None:
     assert np.array_equal(pred, brute_force(xtr, ytr, xte, 5, 20, 0.07, vote))
     many = sweep.predict_many_k(None, [1, 5, 20])
     assert np.array_equal(many[5], brute_force(xtr, ytr, xte, 5, 5, 0.07, "weighted"))
+    sup = draw_support(ytr, 10, 5, seed=0, repeat=0)
+    many = sweep.predict_many_k(sup, [3, 7, 500])  # prefixes of one sorted top-k; 500 capped at 50
+    assert sorted(many) == [3, 7, 50]
+    for k in (3, 7, 50):
+        assert np.array_equal(many[k], brute_force(xtr[sup], ytr[sup], xte, 5, k, 0.07, "weighted"))
 
 
 def test_vote_ties_go_to_lowest_class() -> None:

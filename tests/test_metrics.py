@@ -93,3 +93,14 @@ def test_by_group_splits_samples() -> None:
     assert list(out) == ["-1", "1", "2"]
     assert out["1"]["macro_f1"] == 1.0 and out["1"]["n"] == 2
     assert out["2"]["macro_f1"] == pytest.approx(macro_f1([0, 1], [1, 1], 2))
+
+
+def test_binary_auroc_equals_sklearn_on_unnormalised_scores():
+    from sklearn.metrics import roc_auc_score
+
+    from dermctl.eval.metrics import auroc_ovr
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    scores = rng.normal(size=(60, 2)) + np.stack([1 - y, y], axis=1) * 0.5  # not normalised
+    assert auroc_ovr(y, scores, 2) == pytest.approx(roc_auc_score(y, scores[:, 1]))

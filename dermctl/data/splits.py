@@ -11,7 +11,8 @@ Rules (the same for every data set):
 * Stratified approximately by label at the group level: each group votes with its majority label, and
   each class contributes its own share of groups. A class with enough groups (>= 3 for
   train/val/test) appears in every split.
-* Unlabelled corpora (`with_test=False`): only a small random val split for early stopping, no test.
+* Unlabelled corpora (`with_test=False`): only a small random val split for early stopping; no test split
+  is made, but a publisher's fixed test set (derm7pt's test_indexes) is kept as test.
 * Deterministic: the same rows, labels, groups and seed give the same split, whatever the row order.
 """
 
@@ -59,7 +60,8 @@ def assign_splits(
     all_groups = _make_groups(labels, groups, keys)
     out = ["train"] * n
     fixed_test = {i for i in range(n) if fixed is not None and fixed[i] == "test"}
-    if fixed_test and with_test:
+    if fixed_test:
+        # The publisher's test set is kept as test even in a pretraining corpus (derm7pt): it never trains.
         test = [g for g in all_groups if any(i in fixed_test for i in g.rows)]
         rest = [g for g in all_groups if not any(i in fixed_test for i in g.rows)]
     elif with_test and test_fraction > 0:

@@ -109,28 +109,48 @@ def knn_predict(
 class KnnSweep:
     """Many support sets (subsets of one training set) against one query set.
 
-    The train x query similarity matrix is computed once (one matrix product, on the GPU when there is
-    one); a support set then only gathers its rows and selects its top k per query (NumPy: small
-    selections stay single-threaded). Memory: n_train x n_query float32."""
+    The train x query similarity matrix is computed once (one matrix product); a support set then only
+    gathers its rows and selects its top k per query. `device` None picks cuda when present. `backend`
+    "torch" selects with torch on `device` (the default on a GPU); "numpy" (the default on a CPU) keeps
+    the many small selections single-threaded, which on a busy CPU is far faster than torch's threaded
+    kernels. Memory: n_train x n_query float32."""
 
-    def __init__(self, train_x: Any, train_y: Any, query_x: Any, n_classes: int) -> None:
+    def __init__(
+        self,
+        train_x: Any,
+        train_y: Any,
+        query_x: Any,
+        n_classes: int,
+        device: str | None = None,
+        backend: str | None = None,
+    ) -> None:
         self.train = normalise(train_x)
         self.query = normalise(query_x)
         self.train_y = np.asarray(train_y, dtype=np.int64)
         self.n_classes = n_classes
         self.n_train = int(self.train.shape[0])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
         self._sim: np.ndarray | None = None
+        self._sim_t: torch.Tensor | None = None
         self._all: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
-    def sim(self) -> np.ndarray:
-        """(n_train, n_query) cosine similarities, computed on first use."""
-        if self._sim is None:
-            if torch.cuda.is_available():
-                t = torch.from_numpy(self.train).cuda()
-                self._sim = (t @ torch.from_numpy(self.query).cuda().T).cpu().numpy()
+    def sim_t(self) -> torch.Tensor:
+        """(n_train, n_query) cosine similarities as a tensor on `device`, computed on first use."""
+        if self._sim_t is None:
+            if self.device.type == "cpu":  # NumPy's BLAS copes better than torch's OpenMP with busy cores
+                self._sim_t = torch.from_numpy(self.train @ self.query.T)
             else:
-                self._sim = self.train @ self.query.T
+                t = torch.from_numpy(self.train).to(self.device)
+                self._sim_t = t @ torch.from_numpy(self.query).to(self.device).T
+        return self._sim_t
+
+    @property
+    def sim(self) -> np.ndarray:
+        """The similarity matrix as a NumPy array (CPU selections)."""
+        if self._sim is None:
+            self._sim = self.sim_t.cpu().numpy()
         return self._sim
 
     def _topk(
@@ -142,10 +162,17 @@ class KnnSweep:
             k_eff = min(int(k), self.n_train)
             if self._all is None or self._all[0].shape[1] < k_eff:
                 # One large selection: torch.topk is ~10x faster than NumPy's argpartition here.
-                top_t, pos_t = torch.topk(torch.from_numpy(self.sim), k_eff, dim=0, largest=True, sorted=True)
-                top, pos = top_t.T.numpy(), pos_t.T.numpy()
+                top_t, pos_t = torch.topk(self.sim_t, k_eff, dim=0, largest=True, sorted=True)
+                top, pos = top_t.T.cpu().numpy(), pos_t.T.cpu().numpy()
                 self._all = (np.ascontiguousarray(top), self.train_y[pos])
             return self._all[0][:, :k_eff], self._all[1][:, :k_eff], k_eff
+        if self.backend == "torch":
+            sup_t = torch.as_tensor(np.asarray(support, dtype=np.int64), device=self.device)
+            sub_t = self.sim_t.index_select(0, sup_t)
+            k_eff = min(int(k), sub_t.shape[0])
+            top_t, pos_t = torch.topk(sub_t, k_eff, dim=0, largest=True, sorted=ordered)
+            labels = self.train_y[np.asarray(support, dtype=np.int64)]
+            return top_t.T.cpu().numpy(), labels[pos_t.T.cpu().numpy()], k_eff
         sup = np.asarray(support, dtype=np.int64)
         sub = np.ascontiguousarray(self.sim[sup].T)  # (n_query, s): rows contiguous for the selection
         labels = self.train_y[sup]

@@ -73,6 +73,9 @@ def auroc_ovr(y_true: Any, scores: Any, n_classes: int) -> float | None:
     present = np.unique(t)
     if present.size < 2:
         return None
+    if n_classes == 2:
+        # Binary: one AUROC of the positive class's score, as scikit-learn's roc_auc_score does.
+        return float(roc_auc_score((t == 1).astype(np.int64), s[:, 1]))
     aucs = []
     for c in present:
         pos = t == c

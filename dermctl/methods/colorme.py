@@ -53,15 +53,15 @@ def colour_histograms(rb: torch.Tensor, bins: int = 5) -> torch.Tensor:
 
 
 def colour_distribution_kl(
-    logits: torch.Tensor, target: torch.Tensor, bins: int = 5, reduction: str = "batchmean"
+    logits: torch.Tensor, target: torch.Tensor, bins: int = 5, reduction: str = "sum"
 ) -> torch.Tensor:
     """KL(target || predicted) of the red and blue colour distributions.
 
     `logits` (B, 2 * bins) are turned into two distributions by a softmax over each `bins`-group (red,
     blue); `target` is `colour_histograms`' output. Per image the KL divergences of red and blue are
     summed (sum over all 2 * bins entries of t * (log t - log p), with 0 log 0 = 0, as torch's
-    KLDivLoss). `reduction`: "batchmean" averages over images (default: independent of the batch size);
-    "sum" sums over images (the study's code: KLDivLoss(reduction="sum")).
+    KLDivLoss). `reduction`: "sum" sums over images (the default, as the study's code:
+    KLDivLoss(reduction="sum")); "batchmean" averages over images (independent of the batch size).
 
     >>> t = torch.tensor([[1.0, 0, 0, 0, 0] * 2])
     >>> colour_distribution_kl(torch.zeros(1, 10), t)  # uniform prediction: 2 * log 5
@@ -85,7 +85,7 @@ class ColorMeLoss(nn.Module):
     """
 
     def __init__(
-        self, mse_weight: float = 10.0, kl_weight: float = 1.0, bins: int = 5, kl_reduction: str = "batchmean"
+        self, mse_weight: float = 10.0, kl_weight: float = 1.0, bins: int = 5, kl_reduction: str = "sum"
     ) -> None:
         super().__init__()
         self.mse_weight, self.kl_weight, self.bins, self.kl_reduction = (
@@ -208,7 +208,7 @@ class ColorMe(PretrainMethod):
                 "mse_weight": 10.0,
                 "kl_weight": 1.0,
                 "hist_bins": 5,
-                "kl_reduction": "batchmean",  # "sum" = the study's KLDivLoss(reduction="sum")
+                "kl_reduction": "sum",  # the study's KLDivLoss(reduction="sum"); "batchmean" = per image
                 # smp.Unet's default decoder channels, one per ResNet stage
                 "decoder_channels": [256, 128, 64, 32, 16],
                 # views: crop + flip only (colour is the target)

@@ -13,15 +13,15 @@ def cosine_schedule(
     warmup_epochs: float = 0,
     warmup_start: float = 0.0,
 ) -> np.ndarray:
-    """`epochs * iters_per_epoch` values: linear warm-up from `warmup_start` to `base` over
-    `warmup_epochs`, then a half-cosine from `base` to `final` (reached at the last iteration)."""
+    """`epochs * iters_per_epoch` values, exactly as the official DINO/iBOT `utils.cosine_scheduler`:
+    linear warm-up from `warmup_start` to `base` over `warmup_epochs` (np.linspace, both ends included),
+    then `final + 0.5 * (base - final) * (1 + cos(pi * i / n))` for i = 0 .. n-1 over the n remaining
+    iterations (so the last value approaches, but does not reach, `final`)."""
     total = int(epochs * iters_per_epoch)
     warm = min(int(warmup_epochs * iters_per_epoch), total)
     warmup = np.linspace(warmup_start, base, warm) if warm > 0 else np.array([])
-    rest = total - warm
-    iters = np.arange(rest)
-    denom = max(rest - 1, 1)
-    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / denom))
+    iters = np.arange(total - warm)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
     out = np.concatenate([warmup, cosine])
     assert len(out) == total
     return out
