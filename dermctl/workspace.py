@@ -14,9 +14,11 @@ Layout (every command reads and writes these by default; explicit paths always w
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from typing import IO, Any
 from dermctl.errors import ConflictError, DataError
 
 SUBDIRS = ("manifests", "runs", "embeddings", "results", "reports", "cache")
+# A killed writer's temp file untouched this long is removed by the next write of the same file.
+STALE_TEMP_AGE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,11 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         raise ConflictError(f"{target} exists; refusing to overwrite it (pass --force to replace it)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temps(target)
+        # The writer's pid is in the name so that a later write can tell a dead writer's leftover.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as exc:
         raise DataError(f"cannot write {target}: {exc.strerror or exc}") from exc
     os.close(fd)
@@ -144,6 +152,58 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{p}: cannot read: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def remove_stale_temps(target: str | os.PathLike[str], min_age_s: float | None = None) -> list[Path]:
+    """Delete `.<name>.<pid>.*.tmp` files next to `target` left by a killed writer; return them.
+
+    Only temps whose writer pid no longer runs on this machine and that have not been touched for
+    `min_age_s` (default STALE_TEMP_AGE_S) go: a live writer's temp, or one written from another host
+    sharing the folder (pid unknown here, but still being written), is left alone.
+    """
+    t = Path(target)
+    age = STALE_TEMP_AGE_S if min_age_s is None else min_age_s
+    prefix = f".{t.name}."
+    removed: list[Path] = []
+    now = time.time()
+    for tmp in t.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid_text = tmp.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            if now - tmp.stat().st_mtime < age:
+                continue
+            tmp.unlink()
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def check_writable(root: str | os.PathLike[str]) -> None:
+    """Refuse up front (DataError naming the folder) when `root`, or the nearest existing folder above
+    it that would hold it, cannot be written (read-only file system, no permission)."""
+    path = Path(root).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"{probe}: workspace path is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "workspace" if probe == path else f"folder {probe} holding workspace {path}"
+        raise DataError(f"{probe}: cannot write the {where} (read-only file system or no permission)")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we can judge: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -403,3 +403,15 @@ def test_cli_pretrain_runs_dino_end_to_end(tmp_path):
     assert meta.feature_rule == "cls4" and meta.extra["method"] == "dino"
     header = (root / "runs" / out["name"] / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"teacher_temp", "teacher_entropy", "kl_uniform", "kl_teacher_student"} <= set(header)
+
+
+def test_loss_refuses_inconsistent_view_layout_and_keeps_float64():
+    loss_fn = DINOLoss(4)
+    with pytest.raises(ValueError, match="n_global"):
+        loss_fn(torch.randn(6, 4), torch.randn(5, 4), teacher_temp=0.04)  # 5 teacher rows, 2 global views
+    with pytest.raises(ValueError, match="multiple"):
+        loss_fn(torch.randn(7, 4), torch.randn(4, 4), teacher_temp=0.04)
+    with pytest.raises(TypeError):
+        DINOLoss(4, 10, 0.04)  # everything after out_dim is keyword-only: no silent positional mix-ups
+    s, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    assert DINOLoss(4)(s, t, teacher_temp=0.04, update_center=False).dtype == torch.float64

@@ -16,6 +16,7 @@ from dermctl.eval.embeddings import (
     read_embeddings,
     write_embeddings,
 )
+from dermctl.provenance import sha256_file
 from dermctl.workspace import Workspace
 
 ATTRS = {
@@ -96,3 +97,25 @@ def test_models_with_embeddings(tmp_path: Path) -> None:
         write_embeddings(ws.embedding_path(m, "t"), np.ones((2, 2)), [0, 1], ["train", "test"], ATTRS)
     write_embeddings(ws.embedding_path("c", "other"), np.ones((2, 2)), [0, 1], ["train", "test"], ATTRS)
     assert models_with_embeddings(ws, "t") == ["a", "b"]
+
+
+def test_seal_detects_damage_before_hdf5_parses_and_user_files_need_none(tmp_path):
+    from dermctl.eval.embeddings import read_embeddings, seal_path, write_embeddings
+
+    path = tmp_path / "e.h5"
+    write_embeddings(
+        path, np.ones((4, 3)), [0, 1, 0, 1], ["train", "train", "test", "test"], {"class_names": ["a", "b"]}
+    )
+    assert seal_path(path).read_text().split() == [sha256_file(path)]
+    assert read_embeddings(path).features.shape == (4, 3)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="does not match e.h5.sha256"):
+        read_embeddings(path)
+    seal_path(path).unlink()  # a file brought by a user carries no seal: read as it is
+    write_embeddings(
+        path, np.ones((4, 3)), [0, 1, 0, 1], ["train", "train", "test", "test"], {"class_names": ["a", "b"]}
+    )
+    seal_path(path).unlink()
+    assert read_embeddings(path).n_classes == 2

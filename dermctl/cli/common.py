@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dermctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DermctlError, UsageError
-from dermctl.workspace import Workspace
+from dermctl.workspace import Workspace, check_writable
 
 # Logs and progress go to stderr so that stdout carries only results (and only JSON under --json).
 err_console = Console(stderr=True)
@@ -48,6 +48,7 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _require_writable_workspace(args, kwargs)
             return fn(*args, **kwargs)
         except DermctlError as exc:
             err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
@@ -68,6 +69,17 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _require_writable_workspace(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    # Every command writes under the workdir; refuse a read-only one before any work (exit 3), except
+    # where the command only prints (--print-config).
+    if kwargs.get("print_config"):
+        return
+    # Typer may hand over its vendored click's Context: recognise it by what get_state uses.
+    ctx = kwargs.get("ctx", args[0] if args else None)
+    if hasattr(ctx, "find_root"):
+        check_writable(get_state(ctx).workdir)  # type: ignore[arg-type]
 
 
 def _debug() -> bool:

@@ -77,6 +77,13 @@ def command(
             force,
             on_progress,
         )
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():  # started by torchrun
+        rank = torch_dist.get_rank()
+        torch_dist.destroy_process_group()
+        if rank != 0:
+            return  # only the main process prints
     data = [
         {
             "task": o.task,

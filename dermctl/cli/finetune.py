@@ -96,6 +96,13 @@ def command(
         force=force,
         log=lambda message: log(state, message),
     )
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():  # started by torchrun
+        rank = torch_dist.get_rank()
+        torch_dist.destroy_process_group()
+        if rank != 0:
+            return  # only the main process prints
     metrics = outcome.payload["metrics"]
     summary = {
         "result": str(outcome.result_path),

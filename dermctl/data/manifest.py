@@ -229,6 +229,16 @@ def validate_task(manifest: Manifest) -> None:
             raise DataError(f"{where}: the {split} split has no image of class {', '.join(missing)}")
 
 
+def check_images(manifest: Manifest) -> list[Path]:
+    """Resolved image paths of every row; a missing file (e.g. deleted after ingest) is a DataError naming it."""
+    paths = [manifest.resolve(r) for r in manifest.rows]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: image listed in {manifest.path} not found{more}")
+    return paths
+
+
 def find_manifests(source: str | os.PathLike[str]) -> list[Path]:
     """Manifest CSVs given as a file or a folder of them (ingest reports and hidden files skipped)."""
     p = Path(source)

@@ -23,13 +23,21 @@ import numpy as np
 import torch
 
 from dermctl.data.images import open_rgb
-from dermctl.data.manifest import Manifest, fill_hashes, find_manifests, find_task, read_manifest
-from dermctl.errors import DataError, UnavailableError, UsageError
-from dermctl.eval.embeddings import EmbeddingWriter, read_attrs
+from dermctl.data.manifest import (
+    Manifest,
+    check_images,
+    fill_hashes,
+    find_manifests,
+    find_task,
+    read_manifest,
+)
+from dermctl.errors import DataError, DermctlError, UnavailableError, UsageError
+from dermctl.eval.embeddings import EmbeddingWriter, read_attrs, sealed_path
 from dermctl.eval.models import LoadedModel, resolve_model
 from dermctl.models.backbone import FEATURE_RULES, extract_features, select_channels
 from dermctl.provenance import sha256_file
-from dermctl.workspace import Workspace, atomic_path
+from dermctl.train.distributed import Dist, contiguous_shard, dist_from_env, gather_rows, shard_counts
+from dermctl.workspace import Workspace
 
 CROP_RATIO = 0.875  # DINO: Resize(256) then CenterCrop(224)
 
@@ -143,15 +151,6 @@ def is_reusable(
     )
 
 
-def _check_images(manifest: Manifest) -> list[Path]:
-    paths = [manifest.resolve(r) for r in manifest.rows]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{missing[0]}: image listed in {manifest.path} not found{more}")
-    return paths
-
-
 def embed_manifest(
     loaded: LoadedModel,
     manifest_path: Path,
@@ -163,8 +162,13 @@ def embed_manifest(
     num_workers: int = -1,
     force: bool = False,
     progress: ProgressFn | None = None,
+    dist: Dist | None = None,
 ) -> EmbedOutcome:
-    """Embed one task manifest into `target` (or reuse it); see the module docstring."""
+    """Embed one task manifest into `target` (or reuse it); see the module docstring.
+
+    Under torchrun (`dist` with world size > 1) each process embeds a contiguous share of the rows and
+    rank 0 gathers them in row order and writes the one file, identical to a single process's."""
+    dist = dist or Dist()
     meta = loaded.meta
     rule = feature_rule or meta.feature_rule
     if rule not in FEATURE_RULES:
@@ -182,14 +186,16 @@ def embed_manifest(
         return EmbedOutcome(
             task, target, "reused", int(attrs.get("n", 0)), int(attrs.get("dim", 0)), 0.0, 0.0
         )
-    paths = _check_images(manifest)
+    paths = check_images(manifest)
     fill_hashes(manifest)
     dev = resolve_device(device)
+    if dist.enabled and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", dist.local_rank)
     model = loaded.backbone.to(dev).eval()
     n_chans = 1 if meta.channels == "green" else 3
     # One dry forward validates the feature rule against the model before any long work.
     with torch.no_grad():
-        extract_features(model, torch.zeros(1, n_chans, size, size, device=dev), rule)
+        dry = extract_features(model, torch.zeros(1, n_chans, size, size, device=dev), rule)
     classes = manifest.classes
     index = {c: i for i, c in enumerate(classes)}
     attrs = {
@@ -207,7 +213,10 @@ def embed_manifest(
         "channels": meta.channels,
         "n": len(paths),
     }
-    dataset = _ManifestImages(paths, eval_transform(size, meta.mean, meta.std, meta.channels), n_chans, size)
+    start_row, stop_row = contiguous_shard(len(paths), dist)
+    dataset = _ManifestImages(
+        paths[start_row:stop_row], eval_transform(size, meta.mean, meta.std, meta.channels), n_chans, size
+    )
     workers = _auto_workers(len(paths)) if num_workers < 0 else num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=dev.type == "cuda"
@@ -218,44 +227,87 @@ def embed_manifest(
     rows = manifest.rows
     start = time.perf_counter()
     dim = 0
-    with atomic_path(target) as tmp:
-        writer = EmbeddingWriter(
-            tmp,
-            len(rows),
-            labels=[index[r.label] if r.label in index else -1 for r in rows],
-            split=[r.split for r in rows],
-            attrs=attrs,
-            paths=[r.path for r in rows],
-            groups=[r.group for r in rows],
-            sha256=[r.sha256 for r in rows],
-            image_id=[r.image_id for r in rows],
-            extras={c: [r.extras.get(c, "") for r in rows] for c in manifest.extra_columns},
+
+    def batches() -> Any:
+        done = 0
+        with torch.no_grad():
+            for x, errors in loader:
+                bad = [e for e in errors if e]
+                if bad:
+                    raise DataError(bad[0])
+                with autocast:
+                    feats = extract_features(model, x.to(dev, non_blocking=True), rule)
+                out = feats.float().cpu().numpy()
+                if not np.isfinite(out).all():
+                    raise DataError(
+                        f"{manifest_path}: the model produced NaN/Inf features (damaged checkpoint?)"
+                    )
+                done += out.shape[0]
+                if progress is not None and dist.is_main:
+                    progress(task, min(done * dist.world_size, len(rows)), len(rows))
+                yield out
+
+    if dist.enabled:
+        gathered = _gather_features(batches(), dist, dev, len(rows), int(dry.shape[1]))
+        if dist.is_main:
+            with sealed_path(target) as tmp:
+                writer = EmbeddingWriter(tmp, len(rows), **_columns(manifest, index), attrs=attrs)
+                try:
+                    writer.write(gathered)
+                    writer.close({"dim": int(gathered.shape[1])})
+                except BaseException:
+                    writer.abort()
+                    raise
+        dist.barrier()  # the file is complete before any process goes on
+        seconds = time.perf_counter() - start
+        return EmbedOutcome(
+            task, target, "written", len(rows), int(dry.shape[1]), seconds, len(rows) / max(seconds, 1e-9)
         )
+
+    with sealed_path(target) as tmp:
+        writer = EmbeddingWriter(tmp, len(rows), **_columns(manifest, index), attrs=attrs)
         try:
-            done = 0
-            with torch.no_grad():
-                for x, errors in loader:
-                    bad = [e for e in errors if e]
-                    if bad:
-                        raise DataError(bad[0])
-                    with autocast:
-                        feats = extract_features(model, x.to(dev, non_blocking=True), rule)
-                    out = feats.float().cpu().numpy()
-                    if not np.isfinite(out).all():
-                        raise DataError(
-                            f"{manifest_path}: the model produced NaN/Inf features (damaged checkpoint?)"
-                        )
-                    dim = out.shape[1]
-                    writer.write(out)
-                    done += out.shape[0]
-                    if progress is not None:
-                        progress(task, done, len(rows))
+            for out in batches():
+                dim = out.shape[1]
+                writer.write(out)
             writer.close({"dim": dim})
         except BaseException:
             writer.abort()
             raise
     seconds = time.perf_counter() - start
     return EmbedOutcome(task, target, "written", len(rows), dim, seconds, len(rows) / max(seconds, 1e-9))
+
+
+def _columns(manifest: Manifest, index: dict[str, int]) -> dict[str, Any]:
+    rows = manifest.rows
+    return {
+        "labels": [index[r.label] if r.label in index else -1 for r in rows],
+        "split": [r.split for r in rows],
+        "paths": [r.path for r in rows],
+        "groups": [r.group for r in rows],
+        "sha256": [r.sha256 for r in rows],
+        "image_id": [r.image_id for r in rows],
+        "extras": {c: [r.extras.get(c, "") for r in rows] for c in manifest.extra_columns},
+    }
+
+
+def _gather_features(batches: Any, dist: Dist, dev: torch.device, n: int, dim: int) -> np.ndarray:
+    """Run this rank's batches, then gather every rank's rows in rank (= row) order on rank 0. A failure
+    on any rank stops every rank (nobody waits forever in the gather); the failing rank names the file."""
+    error: DermctlError | None = None
+    local = np.zeros((0, dim), dtype=np.float32)
+    try:
+        local = np.concatenate([np.zeros((0, dim), dtype=np.float32), *batches], axis=0)
+    except DermctlError as exc:
+        error = exc
+    comm = dev if dev.type == "cuda" else torch.device("cpu")
+    failed = dist.all_reduce_sum([1.0 if error else 0.0], comm)[0]
+    if error is not None:
+        raise error
+    if failed:
+        raise DataError("embedding failed in another process (its error names the file)")
+    rows = gather_rows(torch.from_numpy(local).to(comm), dist, shard_counts(n, dist.world_size))
+    return rows.cpu().numpy() if rows is not None else local
 
 
 def task_manifests(workspace: Workspace, tasks: Sequence[str] | None) -> list[Path]:
@@ -288,6 +340,7 @@ def embed(
     manifests = task_manifests(workspace, tasks)
     resolve_device(device)
     loaded = resolve_model(model, workspace, backbone, weights)
+    dist = dist_from_env(device)
     return [
         embed_manifest(
             loaded,
@@ -300,6 +353,7 @@ def embed(
             num_workers,
             force,
             progress,
+            dist,
         )
         for m in manifests
     ]

@@ -21,9 +21,10 @@ manifest_sha256 disables the "built from this manifest" check.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ import numpy as np
 
 from dermctl import __version__
 from dermctl.errors import DataError
-from dermctl.workspace import Workspace, atomic_path
+from dermctl.provenance import sha256_file
+from dermctl.workspace import Workspace, atomic_path, atomic_write_text
 
 FORMAT = "dermctl.embeddings/1"
 REQUIRED = ("features", "labels", "split")
@@ -59,6 +61,39 @@ def _encode_attr(key: str, value: Any) -> Any:
     if value is None:
         return ""
     return value
+
+
+def seal_path(path: str | os.PathLike[str]) -> Path:
+    """The integrity seal next to an embeddings file: `<file>.sha256` (its SHA-256, written by dermctl)."""
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
+
+@contextlib.contextmanager
+def sealed_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """`atomic_path` plus the seal. Before the rename the seal lists the new hash and the old one, after it
+    only the new one, so a reader accepts the file whatever moment a crash hits."""
+    target = Path(path)
+    seal = seal_path(target)
+    old = seal.read_text(encoding="utf-8").split()[:1] if seal.is_file() else []
+    with atomic_path(target) as tmp:
+        yield tmp
+        new = sha256_file(tmp)
+        atomic_write_text(seal, " ".join([new, *old]) + "\n")
+    atomic_write_text(seal, new + "\n")
+
+
+def verify_seal(path: str | os.PathLike[str]) -> None:
+    """Check a file written by dermctl against its seal before HDF5 parses it (a damaged HDF5 file can
+    make the HDF5 library hang or crash). Files brought by users without a seal are not checked."""
+    p = Path(path)
+    seal = seal_path(p)
+    if not p.is_file() or not seal.is_file():
+        return
+    if sha256_file(p) not in seal.read_text(encoding="utf-8").split():
+        raise DataError(
+            f"{p}: content does not match {seal.name} (truncated or altered); rebuild it with `dermctl embed --force`"
+        )
 
 
 class EmbeddingWriter:
@@ -136,7 +171,7 @@ def write_embeddings(
 ) -> Path:
     """Write a whole embeddings file at once, atomically (for users bringing their own features)."""
     feats = np.asarray(features, dtype=np.float32)
-    with atomic_path(path) as tmp:
+    with sealed_path(path) as tmp:
         writer = EmbeddingWriter(tmp, feats.shape[0], labels, split, attrs, **columns)
         try:
             writer.write(feats)
@@ -183,6 +218,7 @@ def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The attributes of an embeddings file (JSON attributes decoded). DataError when unreadable."""
     h5py = _h5py()
     p = Path(path)
+    verify_seal(p)
     try:
         with h5py.File(p, "r") as f:
             return _decode_attrs(f.attrs)
@@ -214,6 +250,7 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     """Read and validate an embeddings file; every problem is a one-line DataError naming the file."""
     h5py = _h5py()
     p = Path(path)
+    verify_seal(p)
     try:
         with h5py.File(p, "r") as f:
             attrs = _decode_attrs(f.attrs)

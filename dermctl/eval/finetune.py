@@ -39,13 +39,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dermctl.data.images import open_rgb
-from dermctl.data.manifest import Manifest, Row, fill_hashes, find_task, read_manifest, validate_task
+from dermctl.data.manifest import (
+    Manifest,
+    Row,
+    check_images,
+    fill_hashes,
+    find_task,
+    read_manifest,
+    validate_task,
+)
 from dermctl.errors import ConflictError, DataError, TrainingError, UnavailableError, UsageError
 from dermctl.eval.metrics import by_group, classification_report, macro_f1
 from dermctl.eval.models import resolve_model
 from dermctl.eval.results import test_split_hash, write_result
 from dermctl.models.backbone import BackboneMeta, select_channels
 from dermctl.provenance import provenance, sha256_file
+from dermctl.train.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.train.schedules import cosine_schedule
 from dermctl.workspace import Workspace, atomic_path, atomic_write_json, atomic_write_text
 
@@ -322,14 +331,21 @@ def finetune(
     force: bool = False,
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    dist: Dist | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune `loaded.backbone` (a dermctl.eval.models.LoadedModel) with a linear head on `manifest`.
 
     Checks everything that can fail (options, splits, existing outputs, resume config) before training.
-    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written."""
-    say = log or (lambda _m: None)
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written.
+
+    Under torchrun the model is wrapped in DistributedDataParallel, each process trains on its
+    DistributedSampler share (`batch_size` per process, re-shuffled each epoch), and rank 0 alone
+    validates, decides early stopping, writes files and evaluates the test split."""
+    dist = dist or dist_from_env(config.device)
+    say = (log or (lambda _m: None)) if dist.is_main else (lambda _m: None)
     config.validate()
     validate_task(manifest)
+    check_images(manifest)  # before any work: a DataLoader worker's error would come back as a traceback
     task = manifest.name
     model_id = str(loaded.model_id)
     meta: BackboneMeta = loaded.meta
@@ -363,6 +379,8 @@ def finetune(
         )
 
     device = _device(config.device)
+    if dist.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
     workers = _workers(config.num_workers)
     saved_config = {k: v for k, v in asdict(config).items()}
     saved_config.update(
@@ -397,7 +415,15 @@ def finetune(
     weight = class_weights(train_set.labels(), n_classes).to(device) if config.class_balanced else None
     criterion = nn.CrossEntropyLoss(weight=weight)
     optimizer = _optimizer(net, config)
-    iters_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    model = wrap_ddp(net, dist, device)
+    sampler = (
+        torch.utils.data.DistributedSampler(
+            train_set, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=False
+        )
+        if dist.enabled
+        else None
+    )
+    iters_per_epoch = math.ceil((len(sampler) if sampler else len(train_set)) / config.batch_size)
     lr_factor = cosine_schedule(1.0, 0.0, config.epochs, iters_per_epoch)
 
     stopper = EarlyStopping(config.early_stop, config.patience)
@@ -409,7 +435,7 @@ def finetune(
         stopper.load_state_dict(state["early_stop"])
         history = [dict(h) for h in state["history"]]
         start_epoch, done = int(state["epoch"]) + 1, bool(state.get("done", False))
-    else:
+    elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (last_path, best_path):
             stale.unlink(missing_ok=True)  # --force: an earlier run's checkpoints must not mix with this one
@@ -417,20 +443,36 @@ def finetune(
     inputs = {"manifest": saved_config["manifest_sha256"]} if manifest.path else {}
     if loaded.checkpoint_sha256:
         inputs["backbone"] = str(loaded.checkpoint_sha256)
-    atomic_write_json(
-        run_dir / "config.json", {"config": saved_config, "provenance": provenance(saved_config, inputs)}
-    )
+    if dist.is_main:
+        record = {"config": saved_config, "provenance": provenance(saved_config, inputs)}
+        atomic_write_json(run_dir / "config.json", record | {"world_size": dist.world_size})
 
     epoch = start_epoch
     while not done and epoch < config.epochs:
         t0 = time.perf_counter()
-        _seed_epoch(config.seed, epoch)
-        loader = _loader(
-            train_set, config.batch_size, workers, shuffle=True, seed=config.seed * 100_003 + epoch
-        )
+        _seed_epoch(config.seed + 7919 * dist.rank, epoch)  # each process its own augmentations
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=workers)
+        else:
+            loader = _loader(
+                train_set, config.batch_size, workers, shuffle=True, seed=config.seed * 100_003 + epoch
+            )
         train_loss = _train_epoch(
-            net, loader, optimizer, criterion, lr_factor[epoch * iters_per_epoch :], device, epoch, last_path
+            model,
+            loader,
+            optimizer,
+            criterion,
+            lr_factor[epoch * iters_per_epoch :],
+            device,
+            epoch,
+            last_path,
+            dist,
         )
+        if not dist.is_main:  # rank 0 validates and decides; the others follow its decision
+            done = bool(dist.all_reduce_sum([0.0], device)[0])
+            epoch += 1
+            continue
         val = _evaluate(net, val_set, config.batch_size, workers, device, criterion)
 
         val_f1 = float(macro_f1(val["y_true"], val["y_pred"], n_classes))
@@ -449,6 +491,7 @@ def finetune(
         if improved:
             _save(best_path, {"epoch": epoch, "model": _cpu_state(net)})
         done = stopper.should_stop or epoch + 1 >= config.epochs
+        dist.all_reduce_sum([float(done)], device)
         _save(
             last_path,
             {
@@ -470,6 +513,9 @@ def finetune(
             on_epoch_end(epoch, row)
         epoch += 1
 
+    if not dist.is_main:
+        dist.barrier()  # rank 0 evaluates the test split and writes the result
+        return FinetuneOutcome(result_path, run_dir, {}, 0, epoch, False)
     stopped_early = stopper.should_stop and len(history) < config.epochs
     if not best_path.exists():
         raise DataError(f"{best_path}: missing; the run has no best checkpoint (restart with --force)")
@@ -485,6 +531,7 @@ def finetune(
     payload["stopped_early"] = stopped_early
     payload["run_dir"] = str(run_dir)
     write_result(result_path, payload, force=force or resume)
+    dist.barrier()
     return FinetuneOutcome(
         result_path=result_path,
         run_dir=run_dir,
@@ -617,8 +664,11 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
     last_path: Path,
+    dist: Dist | None = None,
 ) -> float:
-    """One pass over the train loader; `lr_factor[step]` scales each group's base lr. Mean train loss."""
+    """One pass over the train loader; `lr_factor[step]` scales each group's base lr. Mean train loss
+    (over every process)."""
+    dist = dist or Dist()
     net.train()
     total, count = 0.0, 0
     for step, (x, y) in enumerate(loader):
@@ -627,7 +677,13 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device):
             loss = criterion(net(x).float(), y)
-        if not torch.isfinite(loss):
+        # every process must stop together, or the others would wait for it forever
+        bad = (
+            not torch.isfinite(loss)
+            if not dist.enabled
+            else dist.all_reduce_sum([float(not torch.isfinite(loss))], device)[0] > 0
+        )
+        if bad:
             raise TrainingError(
                 f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; "
                 f"{last_path} holds the last good epoch (lower --lr / --head-lr, then --resume)"
@@ -637,6 +693,7 @@ def _train_epoch(
         optimizer.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
+    total, count = dist.all_reduce_sum([total, count], device)
     return total / max(count, 1)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from dermctl.data.manifest import find_task
+from dermctl.data.manifest import find_task, read_manifest, validate_task
 from dermctl.errors import DataError, UsageError
 from dermctl.eval.embeddings import load_task_embeddings, models_with_embeddings
 from dermctl.eval.fewshot import ALL, Shots, check_shots, class_members, draw_support, repeats_for
@@ -375,6 +375,7 @@ def evaluate_knn(
     if repeats < 1:
         raise UsageError(f"--repeats: {repeats} must be at least 1")
     manifest_path = find_task(workspace.manifests, task)
+    validate_task(read_manifest(manifest_path))  # labels: every class in train and test, before any work
     task_name = manifest_path.stem
     data = [
         load_task_embeddings(workspace, m, task_name, manifest_path)

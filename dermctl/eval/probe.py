@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dermctl.data.manifest import find_task
+from dermctl.data.manifest import find_task, read_manifest, validate_task
 from dermctl.errors import UsageError
 from dermctl.eval.baselines import STRATIFIED, evaluate_stratified
 from dermctl.eval.embeddings import load_task_embeddings
@@ -264,6 +264,7 @@ def evaluate_probe(
     if repeats < 1:
         raise UsageError(f"--repeats: {repeats} must be at least 1")
     manifest_path = find_task(workspace.manifests, task)
+    validate_task(read_manifest(manifest_path))  # labels: every class in train and test, before any work
     task_name = manifest_path.stem
     ids = resolve_models(workspace, task_name, models)
     data = [load_task_embeddings(workspace, m, task_name, manifest_path) for m in ids if m != STRATIFIED]

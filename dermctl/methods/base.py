@@ -28,6 +28,8 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "init": "random",  # random | imagenet | path to weights
     "epochs": 100,  # upper bound; early stopping usually ends the run first
     "batch_size": 64,  # per process (per GPU); global batch = batch_size * world size
+    "global_batch": None,  # None, or the global batch (replaces batch_size; divisible by the world size)
+    "sync_bn": "auto",  # BatchNorm synchronised across processes: true | false | auto (simclr, byol)
     "optimizer": "adamw",  # sgd | adam | adamw
     "lr": 1e-3,  # base learning rate, after `lr_scaling`
     "lr_scaling": "none",  # none | linear256: lr * global_batch / 256 (DINO/iBOT rule)
@@ -38,6 +40,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "weight_decay_end": None,  # None = constant weight decay; else cosine from weight_decay to this
     "sgd_momentum": 0.9,
     "clip_grad": 0.0,  # max gradient norm; 0 = off
+    "clip_mode": "global",  # global (one norm over all gradients) | per_param (DINO/iBOT's clip_gradients)
     "momentum_teacher": 0.996,  # EMA methods: base momentum, cosine to 1 (ignored by others)
     "image_size": 224,
     "patience": 5,  # early stopping: epochs without val-loss improvement (the study used 5)
@@ -49,6 +52,9 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     "monitor_task": None,  # a labelled task embedded every `monitor_every` epochs; kNN macro-F1 logged
     "monitor_every": 5,
+    # data path (docs/data-path.md)
+    "cache_size": 256,  # decode cache: shorter side in px of the cached images; 0 = read originals
+    "gpu_augment": "auto",  # photometric augmentation batched on the device: true | false | auto (CUDA)
 }
 
 
@@ -86,17 +92,30 @@ class PretrainMethod(nn.Module):
         Validation uses the same random views (a seeded loader makes the val loss comparable)."""
         raise NotImplementedError
 
+    def device_augment(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """The batch on the training device -> the batch the step consumes. Methods whose transform leaves
+        work to the device (config `gpu_augment`: uint8 crops + photometric parameters) finish it here,
+        batched; the default is the identity. Called by the engine under torch.no_grad, before autocast;
+        must be harmless on a batch it already finished."""
+        return batch
+
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss (scalar tensor) and health/log values for one batch."""
         raise NotImplementedError
+
+    def forward(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """`training_step`, so that the engine can call the method through DistributedDataParallel
+        (DDP hooks its gradient all-reduce onto `forward`)."""
+        return self.training_step(batch, ctx)
 
     def schedules(self, epochs: int, iters_per_epoch: int) -> dict[str, np.ndarray]:
         """Method-specific per-iteration schedules (e.g. DINO's teacher temperature)."""
         return {}
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
-        """After backward, before clipping/stepping (e.g. cancel last-layer gradients)."""
+        """After backward and gradient clipping, before the optimiser step (e.g. cancel last-layer gradients,
+        in the official DINO order: clip, then cancel)."""
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """After the optimiser step (e.g. EMA update of the teacher with ctx.momentum)."""

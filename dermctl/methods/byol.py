@@ -13,19 +13,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
-from dermctl.methods.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandomGaussianBlur,
-    RandomSolarize,
-    color_distortion,
-    normalize,
-)
+from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
 from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
+from dermctl.methods.photometric import (
+    PhotometricPolicy,
+    ViewPolicy,
+    ViewSet,
+    augment_batch,
+    photometric_on_device,
+    resolve_gpu_augment,
+)
 from dermctl.methods.simclr import l2_normalized_std, rgb_backbone_meta, std_collapse_reason
 from dermctl.models.backbone import BackboneMeta, create_backbone
 
@@ -66,10 +65,11 @@ class BYOLMLP(nn.Sequential):
         )
 
 
-class BYOLTransform:
+class BYOLTransform(ViewSet):
     """BYOL's asymmetric views (Grill et al. 2020, Table 6): both views get random resized crop (scale
     (crop_scale_min, 1)), flip, colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8 and grayscale p 0.2; view 1
-    is blurred with p 1.0 and never solarised, view 2 blurred with p 0.1 and solarised with p 0.2."""
+    is blurred with p 1.0 and never solarised, view 2 blurred with p 0.1 and solarised with p 0.2. With
+    `device_photometric` the views are uint8 crops + "views_photo" parameters, finished on the device."""
 
     def __init__(
         self,
@@ -81,26 +81,17 @@ class BYOLTransform:
         blur_p: tuple[float, float] = (1.0, 0.1),
         solarize_p: tuple[float, float] = (0.0, 0.2),
         hflip_p: float = 0.5,
+        device_photometric: bool = False,
     ) -> None:
-        def view(blur: float, solarize: float) -> T.Compose:
-            return T.Compose(
-                [
-                    T.RandomResizedCrop(
-                        image_size, scale=(crop_scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
-                    ),
-                    T.RandomHorizontalFlip(p=hflip_p),
-                    color_distortion(*jitter, p_jitter=p_jitter, p_gray=p_gray),
-                    RandomGaussianBlur(p=blur, radius_min=0.1, radius_max=2.0),
-                    RandomSolarize(p=solarize),
-                    normalize(IMAGENET_MEAN, IMAGENET_STD),
-                ]
+        def view(blur: float, solarize: float) -> ViewPolicy:
+            colour = PhotometricPolicy(
+                *jitter, p_jitter=p_jitter, p_gray=p_gray, p_blur=blur, p_solarize=solarize
             )
+            return ViewPolicy(image_size, (crop_scale_min, 1.0), colour, hflip_p)
 
-        self.view1 = view(blur_p[0], solarize_p[0])
-        self.view2 = view(blur_p[1], solarize_p[1])
-
-    def __call__(self, img: Image.Image) -> dict[str, Any]:
-        return {"views": [self.view1(img), self.view2(img)]}
+        first, second = view(blur_p[0], solarize_p[0]), view(blur_p[1], solarize_p[1])
+        super().__init__({"views": [first, second]}, device_photometric=device_photometric)
+        self.view1, self.view2 = self.pil(first), self.pil(second)
 
 
 @register_method
@@ -161,6 +152,7 @@ class BYOL(PretrainMethod):
         for p in self._target_params():
             p.requires_grad_(False)
         self.criterion = BYOLLoss()
+        resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
 
     def _target_params(self) -> list[nn.Parameter]:
         return [*self.target_backbone.parameters(), *self.target_projector.parameters()]
@@ -187,9 +179,15 @@ class BYOL(PretrainMethod):
             (float(c["blur_p1"]), float(c["blur_p2"])),
             (float(c["solarize_p1"]), float(c["solarize_p2"])),
             float(c["hflip_p"]),
+            photometric_on_device(self, c),
         )
 
+    def device_augment(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Colour jitter, grayscale, blur, solarisation and normalisation of uint8 views, batched."""
+        return augment_batch(batch, IMAGENET_MEAN, IMAGENET_STD)
+
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.device_augment(batch, ctx)  # no-op when the engine already did it
         v1, v2 = batch["views"]
         n = v1.shape[0]
         x = torch.cat([v1, v2], dim=0)

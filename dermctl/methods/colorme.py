@@ -96,11 +96,21 @@ class ColorMeLoss(nn.Module):
         )
 
     def forward(
-        self, recon: torch.Tensor, rb: torch.Tensor, hist_logits: torch.Tensor, hist_target: torch.Tensor
+        self,
+        recon: torch.Tensor,
+        rb: torch.Tensor,
+        hist_logits: torch.Tensor,
+        hist_target: torch.Tensor,
+        kl_scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, {"mse", "kl"} detached). `kl_scale` multiplies the KL term (the engine's DDP
+        correction for a batch sum); 1 everywhere else."""
         mse = F.mse_loss(recon.float(), rb.float())
         kl = colour_distribution_kl(hist_logits, hist_target, self.bins, self.kl_reduction)
-        return self.mse_weight * mse + self.kl_weight * kl, {"mse": mse.detach(), "kl": kl.detach()}
+        return self.mse_weight * mse + self.kl_weight * kl_scale * kl, {
+            "mse": mse.detach(),
+            "kl": kl.detach(),
+        }
 
 
 class _DecoderBlock(nn.Module):
@@ -247,7 +257,11 @@ class ColorMe(PretrainMethod):
         green, rb = batch["green"], batch["rb"]
         recon, hist_logits, pooled = self.unet(green)
         target = colour_histograms(rb, self.criterion.bins)
-        loss, parts = self.criterion(recon, rb, hist_logits, target)
+        # With a sum over the batch, DDP's gradient averaging would divide the KL term by the world size:
+        # scale the local sum by it so that the term stays a sum over the GLOBAL batch, as one process.
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        kl_scale = float(world) if self.criterion.kl_reduction == "sum" else 1.0
+        loss, parts = self.criterion(recon, rb, hist_logits, target, kl_scale=kl_scale)
         logs = {"mse": float(parts["mse"]), "kl": float(parts["kl"])}
         if pooled.shape[0] > 1:  # informative only; undefined for a single image
             logs["feature_std"] = float(l2_normalized_std(pooled))

@@ -23,6 +23,7 @@ from torch import nn
 from dermctl.errors import UsageError
 from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
 from dermctl.methods.multicrop import MultiCrop
+from dermctl.methods.photometric import augment_batch, photometric_on_device, resolve_gpu_augment
 from dermctl.models.backbone import BackboneMeta, create_backbone, default_feature_rule
 
 # -- head ---------------------------------------------------------------------------------------------
@@ -94,6 +95,11 @@ def cat_views(x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.cat(list(x))
 
 
+def as_loss_float(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16 logits (losses are computed in float32 under autocast); float64 stays."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class DINOLoss(nn.Module):
     """DINO's loss (Caron et al. 2021, Eq. 1 and Alg. 1; official `DINOLoss`).
 
@@ -114,6 +120,7 @@ class DINOLoss(nn.Module):
     def __init__(
         self,
         out_dim: int,
+        *,
         n_global: int = 2,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
@@ -127,7 +134,7 @@ class DINOLoss(nn.Module):
     def teacher_probs(self, teacher_output: torch.Tensor, teacher_temp: float | None = None) -> torch.Tensor:
         """softmax((t - center) / teacher_temp), in float32, without gradient."""
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
-        return F.softmax((cat_views(teacher_output).detach().float() - self.center) / temp, dim=-1)
+        return F.softmax((as_loss_float(cat_views(teacher_output).detach()) - self.center) / temp, dim=-1)
 
     def forward(
         self,
@@ -136,8 +143,13 @@ class DINOLoss(nn.Module):
         teacher_temp: float | None = None,
         update_center: bool = True,
     ) -> torch.Tensor:
-        student = cat_views(student_output).float()
-        teacher = cat_views(teacher_output).float()
+        student = as_loss_float(cat_views(student_output))
+        teacher = as_loss_float(cat_views(teacher_output))
+        if teacher.shape[0] % self.n_global or student.shape[0] % max(teacher.shape[0] // self.n_global, 1):
+            raise ValueError(
+                f"DINOLoss: teacher rows ({teacher.shape[0]}) must be n_global ({self.n_global}) x batch and "
+                f"student rows ({student.shape[0]}) a multiple of that batch (views stacked view-major)"
+            )
         batch = teacher.shape[0] // self.n_global
         student_views = (student / self.student_temp).split(batch)
         teacher_views = self.teacher_probs(teacher, teacher_temp).split(batch)
@@ -307,6 +319,7 @@ class DINO(PretrainMethod):
             weight_decay=0.04,  # official, cosine to weight_decay_end
             weight_decay_end=0.4,  # official
             clip_grad=3.0,  # official
+            clip_mode="per_param",  # official utils.clip_gradients: each parameter's gradient on its own
             momentum_teacher=0.996,  # official, cosine to 1 (engine)
             image_size=224,  # global crop size (official 224)
         )
@@ -361,6 +374,7 @@ class DINO(PretrainMethod):
             unit=("center_momentum", "drop_path_rate"),
         )
         MultiCrop.from_config(cfg)
+        resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
 
     @classmethod
     def build_net(cls, cfg: dict[str, Any], init: str, drop_path: float, norm_last_layer: bool) -> nn.Module:
@@ -379,10 +393,21 @@ class DINO(PretrainMethod):
 
     @classmethod
     def build_loss(cls, cfg: dict[str, Any]) -> nn.Module:
-        return DINOLoss(cfg["out_dim"], 2, cfg["student_temp"], cfg["center_momentum"], cfg["teacher_temp"])
+        return DINOLoss(
+            cfg["out_dim"],
+            n_global=2,
+            student_temp=cfg["student_temp"],
+            center_momentum=cfg["center_momentum"],
+            teacher_temp=cfg["teacher_temp"],
+        )
 
     def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
-        return self.views
+        """Multi-crop views; with `gpu_augment` uint8 crops + photometric parameters (see device_augment)."""
+        return self.views.on_device(photometric_on_device(self, self.cfg))
+
+    def device_augment(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Colour jitter, grayscale, blur, solarisation and normalisation of uint8 views, batched."""
+        return augment_batch(batch, self.views.mean, self.views.std)
 
     def epoch_teacher_temps(self, epochs: int) -> np.ndarray:
         c = self.cfg
@@ -400,6 +425,7 @@ class DINO(PretrainMethod):
         return schedule_at_epoch(self._temps, self.epoch_teacher_temps, ctx.epoch)
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.device_augment(batch, ctx)  # no-op when the engine already did it
         globals_ = list(batch["globals"])
         crops = globals_ + list(batch.get("locals", []))
         temp = self.teacher_temp_at(ctx)

@@ -24,6 +24,7 @@ from dermctl.methods.base import StepContext, register_method
 from dermctl.methods.dino import (
     DINO,
     DINOHead,
+    as_loss_float,
     cat_views,
     check_config,
     collapse_from_logs,
@@ -36,6 +37,7 @@ from dermctl.methods.dino import (
 )
 from dermctl.methods.masking import BlockMaskGenerator
 from dermctl.methods.multicrop import MultiCrop
+from dermctl.methods.photometric import photometric_on_device, resolve_gpu_augment
 from dermctl.models.backbone import BackboneMeta, create_backbone, default_feature_rule, is_vit
 
 # -- backbone with a mask token -----------------------------------------------------------------------
@@ -173,6 +175,7 @@ class iBOTLoss(nn.Module):  # noqa: N801
         self,
         out_dim: int,
         patch_out_dim: int,
+        *,
         n_global: int = 2,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
@@ -193,7 +196,7 @@ class iBOTLoss(nn.Module):  # noqa: N801
 
     def teacher_probs(self, teacher_cls: torch.Tensor, teacher_temp: float | None = None) -> torch.Tensor:
         temp = self.teacher_temp if teacher_temp is None else teacher_temp
-        return F.softmax((teacher_cls.detach().float() - self.center) / temp, dim=-1)
+        return F.softmax((as_loss_float(teacher_cls.detach()) - self.center) / temp, dim=-1)
 
     def forward(
         self,
@@ -206,9 +209,9 @@ class iBOTLoss(nn.Module):  # noqa: N801
         teacher_patch_temp: float | None = None,
         update_center: bool = True,
     ) -> torch.Tensor:
-        s_cls = cat_views(student_cls).float() / self.student_temp
-        s_patch = student_patch.float() / self.student_temp
-        t_cls, t_patch = teacher_cls.detach().float(), teacher_patch.detach().float()
+        s_cls = as_loss_float(cat_views(student_cls)) / self.student_temp
+        s_patch = as_loss_float(student_patch) / self.student_temp
+        t_cls, t_patch = as_loss_float(teacher_cls.detach()), as_loss_float(teacher_patch.detach())
         batch = t_cls.shape[0] // self.n_global
         ptemp = self.teacher_patch_temp if teacher_patch_temp is None else teacher_patch_temp
         q_cls = self.teacher_probs(t_cls, teacher_temp).split(batch)
@@ -245,7 +248,7 @@ class iBOTLoss(nn.Module):  # noqa: N801
     @torch.no_grad()
     def update_center(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> None:
         """EMA of the teacher's batch means: class logits, and patch logits averaged over patches first."""
-        t_cls, t_patch = teacher_cls.detach().float(), teacher_patch.detach().float()
+        t_cls, t_patch = as_loss_float(teacher_cls.detach()), as_loss_float(teacher_patch.detach())
         self.center.copy_(
             ema_center(self.center, t_cls.sum(0, keepdim=True), t_cls.shape[0], self.center_momentum)
         )
@@ -364,6 +367,7 @@ class iBOT(DINO):  # noqa: N801
             unit=("center_momentum", "center_momentum2", "drop_path_rate", "mask_prob"),
         )
         MultiCrop.from_config(cfg)
+        resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
         BlockMaskGenerator(
             cfg["pred_ratio"],
             cfg["pred_ratio_var"],
@@ -393,18 +397,19 @@ class iBOT(DINO):  # noqa: N801
         return iBOTLoss(
             cfg["out_dim"],
             cfg["out_dim"] if cfg["shared_head"] else cfg["patch_out_dim"],
-            cfg["global_crops_number"],
-            cfg["student_temp"],
-            cfg["center_momentum"],
-            cfg["center_momentum2"],
-            cfg["lambda1"],
-            cfg["lambda2"],
-            cfg["teacher_temp"],
-            cfg["teacher_patch_temp"],
+            n_global=cfg["global_crops_number"],
+            student_temp=cfg["student_temp"],
+            center_momentum=cfg["center_momentum"],
+            center_momentum2=cfg["center_momentum2"],
+            lambda1=cfg["lambda1"],
+            lambda2=cfg["lambda2"],
+            teacher_temp=cfg["teacher_temp"],
+            teacher_patch_temp=cfg["teacher_patch_temp"],
         )
 
     def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
-        return MaskedMultiCrop(self.views, self.mask_gen, self.student.backbone.patch_size)
+        views = self.views.on_device(photometric_on_device(self, self.cfg))
+        return MaskedMultiCrop(views, self.mask_gen, self.student.backbone.patch_size)
 
     def epoch_patch_temps(self, epochs: int) -> np.ndarray:
         c = self.cfg
@@ -426,6 +431,7 @@ class iBOT(DINO):  # noqa: N801
         return schedule_at_epoch(self._patch_temps, self.epoch_patch_temps, ctx.epoch)
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.device_augment(batch, ctx)  # no-op when the engine already did it
         globals_ = list(batch["globals"])
         locals_ = list(batch.get("locals", []))
         masks = [m.bool() for m in batch["masks"]]

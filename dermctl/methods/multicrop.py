@@ -19,19 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from PIL import Image
-from torchvision import transforms as T
-
 from dermctl.errors import UsageError
-from dermctl.methods.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandomGaussianBlur,
-    RandomSolarize,
-    color_distortion,
-    normalize,
-)
+from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
+from dermctl.methods.photometric import PhotometricPolicy, ViewPolicy, ViewSet
 
 
 def _scale(key: str, value: Any) -> tuple[float, float]:
@@ -53,13 +43,15 @@ def _count(key: str, value: Any, minimum: int) -> int:
     return value
 
 
-class MultiCrop:
+class MultiCrop(ViewSet):
     """PIL RGB image -> {"globals": [n_global tensors], "locals": [n_local tensors]} (no "locals" key
     when n_local is 0, so batches collate with torch's default_collate).
 
     The first global view is blurred always; the others get blur p 0.1 and solarisation p 0.2 (DINO's
     asymmetric pair, BYOL's recipe). Randomness comes from Python's and torch's global RNGs, which the
-    data loader seeds per worker.
+    data loader seeds per worker. With `device_photometric` (config `gpu_augment`) the views are uint8
+    crops plus "globals_photo" / "locals_photo" parameters, finished batched on the device by
+    `dermctl.methods.photometric.augment_batch` (same draws, same policy).
     """
 
     def __init__(
@@ -72,6 +64,7 @@ class MultiCrop:
         n_local: int = 8,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        device_photometric: bool = False,
     ) -> None:
         self.global_size = _count("image_size", global_size, 1)
         self.local_size = _count("local_crop_size", local_size, 1)
@@ -79,36 +72,22 @@ class MultiCrop:
         self.local_scale = _scale("local_crops_scale", local_scale)
         self.n_global = _count("global_crops_number", n_global, 1)
         self.n_local = _count("local_crops_number", n_local, 0)
-        bicubic = T.InterpolationMode.BICUBIC
-        flip_and_color = T.Compose(
-            [T.RandomHorizontalFlip(p=0.5), color_distortion(0.4, 0.4, 0.2, 0.1, 0.8, 0.2)]
+
+        def colour(**kw: float) -> PhotometricPolicy:  # jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2
+            return PhotometricPolicy(0.4, 0.4, 0.2, 0.1, p_jitter=0.8, p_gray=0.2, **kw)
+
+        first = ViewPolicy(self.global_size, self.global_scale, colour(p_blur=1.0))
+        other = ViewPolicy(self.global_size, self.global_scale, colour(p_blur=0.1, p_solarize=0.2))
+        local = ViewPolicy(self.local_size, self.local_scale, colour(p_blur=0.5))
+        super().__init__(
+            {"globals": [first] + [other] * (self.n_global - 1), "locals": [local] * self.n_local},
+            mean,
+            std,
+            device_photometric,
         )
-        norm = normalize(mean, std)
-        self.global_crop1 = T.Compose(
-            [
-                T.RandomResizedCrop(self.global_size, scale=self.global_scale, interpolation=bicubic),
-                flip_and_color,
-                RandomGaussianBlur(p=1.0),
-                norm,
-            ]
-        )
-        self.global_crop2 = T.Compose(
-            [
-                T.RandomResizedCrop(self.global_size, scale=self.global_scale, interpolation=bicubic),
-                flip_and_color,
-                RandomGaussianBlur(p=0.1),
-                RandomSolarize(p=0.2),
-                norm,
-            ]
-        )
-        self.local_crop = T.Compose(
-            [
-                T.RandomResizedCrop(self.local_size, scale=self.local_scale, interpolation=bicubic),
-                flip_and_color,
-                RandomGaussianBlur(p=0.5),
-                norm,
-            ]
-        )
+        self.global_crop1 = self.pil(first)
+        self.global_crop2 = self.pil(other)
+        self.local_crop = self.pil(local)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> MultiCrop:
@@ -122,13 +101,6 @@ class MultiCrop:
             n_global=cfg.get("global_crops_number", 2),
             n_local=cfg["local_crops_number"],
         )
-
-    def __call__(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:
-        globals_ = [self.global_crop1(img)] + [self.global_crop2(img) for _ in range(self.n_global - 1)]
-        out = {"globals": globals_}
-        if self.n_local:
-            out["locals"] = [self.local_crop(img) for _ in range(self.n_local)]
-        return out
 
     def __repr__(self) -> str:
         return (

@@ -14,19 +14,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 
 from dermctl.errors import UsageError
-from dermctl.methods.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RandomGaussianBlur,
-    color_distortion,
-    normalize,
-)
+from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
 from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
+from dermctl.methods.photometric import (
+    PhotometricPolicy,
+    ViewPolicy,
+    ViewSet,
+    augment_batch,
+    photometric_on_device,
+    resolve_gpu_augment,
+)
 from dermctl.models.backbone import BackboneMeta, create_backbone
 
 # A feature std below this fraction of the healthy 1/sqrt(d) means the embeddings have collapsed.
@@ -122,10 +122,11 @@ class SimCLRProjectionHead(nn.Sequential):
         )
 
 
-class SimCLRTransform:
+class SimCLRTransform(ViewSet):
     """Two independent views per image (Chen et al. 2020, appendix A): random resized crop with scale
     (crop_scale_min, 1), horizontal flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale
-    p 0.2, Gaussian blur (sigma 0.1-2.0) with p 0.5, ImageNet normalisation."""
+    p 0.2, Gaussian blur (sigma 0.1-2.0) with p 0.5, ImageNet normalisation. With `device_photometric`
+    the views are uint8 crops + "views_photo" parameters, finished on the device (`augment_batch`)."""
 
     def __init__(
         self,
@@ -136,22 +137,15 @@ class SimCLRTransform:
         p_gray: float = 0.2,
         blur_p: float = 0.5,
         hflip_p: float = 0.5,
+        device_photometric: bool = False,
     ) -> None:
         s = color_strength
-        self.view = T.Compose(
-            [
-                T.RandomResizedCrop(
-                    image_size, scale=(crop_scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
-                ),
-                T.RandomHorizontalFlip(p=hflip_p),
-                color_distortion(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p_jitter=p_jitter, p_gray=p_gray),
-                RandomGaussianBlur(p=blur_p, radius_min=0.1, radius_max=2.0),
-                normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
+        colour = PhotometricPolicy(
+            0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p_jitter=p_jitter, p_gray=p_gray, p_blur=blur_p
         )
-
-    def __call__(self, img: Image.Image) -> dict[str, Any]:
-        return {"views": [self.view(img), self.view(img)]}
+        policy = ViewPolicy(image_size, (crop_scale_min, 1.0), colour, hflip_p)
+        super().__init__({"views": [policy, policy]}, device_photometric=device_photometric)
+        self.view = self.pil(policy)
 
 
 @register_method
@@ -201,6 +195,7 @@ class SimCLR(PretrainMethod):
             in_dim, int(cfg["proj_hidden_dim"]), int(cfg["proj_out_dim"])
         )
         self.criterion = NTXentLoss(float(cfg["temperature"]), bool(cfg["gather_distributed"]))
+        resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
 
     def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
         c = self.cfg
@@ -212,9 +207,15 @@ class SimCLR(PretrainMethod):
             float(c["p_gray"]),
             float(c["blur_p"]),
             float(c["hflip_p"]),
+            photometric_on_device(self, c),
         )
 
+    def device_augment(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Colour jitter, grayscale, blur and normalisation of uint8 views, batched on the device."""
+        return augment_batch(batch, IMAGENET_MEAN, IMAGENET_STD)
+
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.device_augment(batch, ctx)  # no-op when the engine already did it
         v1, v2 = batch["views"]
         n = v1.shape[0]
         # One forward over both views: BatchNorm statistics over the 2N images, as in SimCLR.

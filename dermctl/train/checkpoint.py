@@ -1,7 +1,8 @@
 """Training checkpoints that can be loaded without executing code and whose damage is detected.
 
 A checkpoint is `torch.save` of plain containers only (tensors, numbers, strings, None, lists, tuples,
-dicts), written atomically, with its SHA-256 in a sidecar `<file>.sha256` (`sha256sum` format). Loading
+dicts), written atomically, with its SHA-256 in a sidecar `<file>.sha256` (`sha256sum` format; while a
+checkpoint is being replaced the sidecar briefly lists the new and the old hash, either verifies). Loading
 checks the hash first (a truncated or altered file is named and refused), then uses
 `torch.load(weights_only=True)`, so a file that needs pickle code execution is refused and its payload
 never runs.
@@ -48,11 +49,24 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     """Write `state` atomically and its hash to `<path>.sha256`; returns the path."""
     check_plain(state)
     target = Path(path)
+    side = sidecar_path(target)
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
         digest = sha256_file(tmp)
-    atomic_write_text(sidecar_path(target), f"{digest}  {target.name}\n")
+        # Two files cannot be renamed at once: list the old and the new hash while the checkpoint is
+        # swapped, so a kill between the two renames leaves a pair that still verifies.
+        old = _sidecar_hashes(side)[:1]
+        atomic_write_text(side, "".join(f"{h}  {target.name}\n" for h in [digest, *old]))
+    atomic_write_text(side, f"{digest}  {target.name}\n")
     return target
+
+
+def _sidecar_hashes(side: Path) -> list[str]:
+    try:
+        lines = side.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.split()[0].lower() for line in lines if line.split()]
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -63,11 +77,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataError(f"{p}: checkpoint not found")
     if not side.is_file():
         raise DataError(f"{p}: no hash file {side.name} next to it; refusing an unverified checkpoint")
-    try:
-        expected = side.read_text(encoding="utf-8").split()[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError) as exc:
-        raise DataError(f"{side}: cannot read the checkpoint hash") from exc
-    if sha256_file(p) != expected:
+    expected = _sidecar_hashes(side)
+    if not expected:
+        raise DataError(f"{side}: cannot read the checkpoint hash")
+    if sha256_file(p) not in expected:
         raise DataError(f"{p}: content hash does not match {side.name} (truncated or altered checkpoint)")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from dermctl.errors import DataError, UsageError
 from dermctl.methods.base import resolve_config
+from dermctl.train.clipping import CLIP_MODES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -131,6 +132,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
     need_choice("precision", PRECISIONS)
     need_choice("lr_schedule", LR_SCHEDULES)
     need_choice("lr_scaling", LR_SCALINGS)
+    need_choice("clip_mode", CLIP_MODES)
     for key in ("backbone", "init"):
         if not isinstance(cfg.get(key), str) or not cfg[key]:
             raise bad(key, "a non-empty string")

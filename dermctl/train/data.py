@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dermctl.data.cache import DecodeCache
 from dermctl.data.images import open_rgb
 from dermctl.data.manifest import Manifest, fill_hashes, find_manifests, read_manifest
 from dermctl.errors import DataError, UsageError
@@ -44,6 +45,8 @@ class PretrainData:
     excluded: int  # rows dropped because they belong to an evaluation task
     held_out: bool  # True when val was carved out of train (no val rows given)
     skipped_task_manifests: list[str] = field(default_factory=list)
+    train_sha256: list[str] = field(default_factory=list)  # parallel to `train` (decode-cache keys)
+    val_sha256: list[str] = field(default_factory=list)  # parallel to `val`
 
 
 def _excluded_hashes(workspace: Workspace, exclude: list[Path], allow_task_images: bool) -> set[str]:
@@ -78,6 +81,8 @@ def load_pretrain_data(
     excluded_hashes = _excluded_hashes(workspace, list(exclude or []), allow_task_images)
     train: list[Path] = []
     val: list[Path] = []
+    train_sha: list[str] = []
+    val_sha: list[str] = []
     hashes: dict[str, str] = {}
     skipped: list[str] = []
     excluded = 0
@@ -101,8 +106,10 @@ def load_pretrain_data(
                     continue
                 if row.split == "train":
                     train.append(m.resolve(row))
+                    train_sha.append(row.sha256)
                 elif row.split == "val":
                     val.append(m.resolve(row))
+                    val_sha.append(row.sha256)
     if not train:
         raise DataError(
             f"--data: no training images left in {', '.join(map(str, data))} after excluding {excluded}"
@@ -118,9 +125,11 @@ def load_pretrain_data(
         perm = np.random.default_rng(seed).permutation(len(train))
         val_idx = set(perm[:n_val].tolist())
         val = [p for i, p in enumerate(train) if i in val_idx]
+        val_sha = [h for i, h in enumerate(train_sha) if i in val_idx]
         train = [p for i, p in enumerate(train) if i not in val_idx]
+        train_sha = [h for i, h in enumerate(train_sha) if i not in val_idx]
         held_out = True
-    return PretrainData(train, val, hashes, excluded, held_out, skipped)
+    return PretrainData(train, val, hashes, excluded, held_out, skipped, train_sha, val_sha)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -146,21 +155,47 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 class ImageDataset(Dataset):
     """Images through `transform`, keyed by (index, epoch) so that each view is seeded by
-    (seed, epoch, index). Corrupt images are a DataError naming the file."""
+    (seed, epoch, index). Corrupt images are a DataError naming the file.
 
-    def __init__(self, paths: list[Path], transform: Callable[[Any], Any], seed: int) -> None:
+    With a `cache` (`dermctl.data.cache.DecodeCache`) images come from the decode cache (resized copies,
+    decoded from the originals only on first use), keyed by `hashes[index]` (the manifest's sha256)."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        transform: Callable[[Any], Any],
+        seed: int,
+        *,
+        cache: DecodeCache | None = None,
+        hashes: Sequence[str] | None = None,
+    ) -> None:
         self.paths, self.transform, self.seed = list(paths), transform, seed
+        self.cache = cache
+        self.hashes = list(hashes) if hashes else None
+        if self.hashes is not None and len(self.hashes) != len(self.paths):
+            raise ValueError(f"ImageDataset: {len(self.hashes)} hashes for {len(self.paths)} paths")
+        self._loaders: dict[tuple[Any, ...], DataLoader] = {}  # persistent loaders (make_loader)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, epoch = key
+    def __getstate__(self) -> dict[str, Any]:
+        # worker processes started by spawn get the dataset, never the loaders holding them
+        return {**self.__dict__, "_loaders": {}}
+
+    def image(self, index: int) -> Any:
+        """The PIL image of `index`: from the decode cache when there is one, else the original."""
         path = self.paths[index]
         try:
-            img = open_rgb(path)
+            if self.cache is not None:
+                return self.cache.image(path, self.hashes[index] if self.hashes else None)
+            return open_rgb(path)
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot decode image: {exc}") from exc
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, epoch = key
+        img = self.image(index)
         with seeded_rng(item_seed(self.seed, epoch, index)):
             return self.transform(img)
 
@@ -180,11 +215,44 @@ def epoch_batches(
     return [[(i, epoch) for i in b] for b in batches[skip:]]
 
 
-def resolve_num_workers(num_workers: int) -> int:
-    """-1: one per CPU core but one, at most 8."""
+MAX_WORKERS = 16  # per process
+PREFETCH_FACTOR = 4  # batches each worker keeps ready (torch's default is 2)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers and schedulers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int, local_processes: int | None = None) -> int:
+    """-1: the cores available to this process's share of the machine, less one for the training
+    process itself, at most MAX_WORKERS. `local_processes` (default: torchrun's LOCAL_WORLD_SIZE, else 1)
+    processes on this machine share the cores."""
     if num_workers >= 0:
         return num_workers
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    if local_processes is None:
+        try:
+            local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            local_processes = 1
+    return max(0, min(MAX_WORKERS, available_cores() // local_processes - 1))
+
+
+class EpochBatches:
+    """A batch sampler whose batches are replaced every epoch, so that one DataLoader (and its worker
+    processes) serves every epoch of a run."""
+
+    def __init__(self, batches: list[list[tuple[int, int]]] | None = None) -> None:
+        self.batches = list(batches or [])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def make_loader(
@@ -193,17 +261,85 @@ def make_loader(
     num_workers: int,
     pin_memory: bool,
     generator: torch.Generator | None = None,
+    *,
+    persistent: bool = True,
+    prefetch_factor: int = PREFETCH_FACTOR,
 ) -> DataLoader:
     """A loader over fixed batches. Pass `generator` so that starting the loader does not draw from the
-    global torch RNG (which would break resume equality)."""
-    return DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        generator=generator,
+    global torch RNG (which would break resume equality).
+
+    With workers, the loader is persistent: the first call for a dataset starts its workers (they keep
+    the dataset, the transform and open files), later calls with the same settings hand the same loader
+    the next epoch's batches, so no epoch pays for starting processes. Workers keep `prefetch_factor`
+    batches each in flight; `pin_memory` (CUDA) makes host-to-device copies asynchronous. Views do not
+    depend on the worker: each image's RNG is seeded by (seed, epoch, index)."""
+    if num_workers <= 0 or not persistent:
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=max(num_workers, 0),
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            generator=generator,
+        )
+    key = (num_workers, pin_memory, prefetch_factor)
+    loader = dataset._loaders.get(key)
+    if loader is None:
+        loader = DataLoader(
+            dataset,
+            batch_sampler=EpochBatches(),
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=True,
+            prefetch_factor=prefetch_factor,
+            generator=generator,
+        )
+        dataset._loaders[key] = loader
+    loader.batch_sampler.batches = list(batches)
+    return loader
+
+
+def close_loaders(dataset: ImageDataset) -> None:
+    """Stop the persistent workers of `dataset` (they also stop when the dataset is garbage collected)."""
+    loaders, dataset._loaders = dataset._loaders, {}
+    for loader in loaders.values():
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+
+def decode_cache_for(cfg: dict[str, Any], workspace: Workspace) -> DecodeCache | None:
+    """The decode cache a config asks for (`cache_size` px, 0 = none), validated: an int >= 0 and, when
+    on, at least `image_size` (a smaller cache would make every crop an upscale)."""
+    size = cfg.get("cache_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UsageError(
+            f"config key 'cache_size' = {size!r}: expected an integer >= 0 (0 = no decode cache)"
+        )
+    if size == 0:
+        return None
+    image_size = cfg.get("image_size", 0)
+    if isinstance(image_size, int) and size < image_size:
+        raise UsageError(
+            f"config key 'cache_size' = {size}: expected 0 or at least image_size ({image_size}), "
+            "or crops would be upscaled from the cache"
+        )
+    return DecodeCache.in_workspace(workspace, size)
+
+
+def pretrain_datasets(
+    pdata: PretrainData, method: Any, cfg: dict[str, Any], workspace: Workspace
+) -> tuple[ImageDataset, ImageDataset]:
+    """Train and val datasets of a run: the method's views (call after moving the method to its device,
+    so `gpu_augment = "auto"` sees it) over the decode cache when `cache_size` > 0."""
+    cache = decode_cache_for(cfg, workspace)
+    train = ImageDataset(
+        pdata.train, method.transform(True), cfg["seed"], cache=cache, hashes=pdata.train_sha256 or None
     )
+    val = ImageDataset(
+        pdata.val, method.transform(False), cfg["seed"], cache=cache, hashes=pdata.val_sha256 or None
+    )
+    return train, val
 
 
 def check_files(paths: list[Path]) -> None:

@@ -48,18 +48,29 @@ from dermctl.methods.base import PretrainMethod, StepContext, get_method
 from dermctl.models.backbone import check_backbone_name, export_backbone
 from dermctl.provenance import provenance
 from dermctl.train.checkpoint import load_checkpoint, save_checkpoint
+from dermctl.train.clipping import clip_gradients
 from dermctl.train.config import resume_differences, validate_config
 from dermctl.train.data import (
     VAL_EPOCH,
     ImageDataset,
     check_files,
+    close_loaders,
     epoch_batches,
     epoch_order,
     load_pretrain_data,
     make_loader,
+    pretrain_datasets,
     resolve_num_workers,
 )
-from dermctl.train.distributed import Dist, dist_from_env
+from dermctl.train.distributed import (
+    Dist,
+    convert_sync_batchnorm,
+    dist_from_env,
+    dump_state_hash,
+    per_process_batch,
+    use_sync_bn,
+    wrap_ddp,
+)
 from dermctl.train.early_stopping import EarlyStopping
 from dermctl.train.health import EpochLogs, KnnMonitor
 from dermctl.train.schedules import constant_schedule, cosine_schedule
@@ -355,6 +366,8 @@ class _Trainer:
     """State of one run; `pretrain()` is the public entry point and sets the parts below."""
 
     method: PretrainMethod
+    model: torch.nn.Module  # the method, wrapped in DistributedDataParallel when world size > 1
+    batch_size: int  # per process
     optimizer: torch.optim.Optimizer
     train_ds: ImageDataset
     val_ds: ImageDataset
@@ -404,6 +417,8 @@ class _Trainer:
             "early_stopping": self.stopper.state_dict(),
             "history": self.history,
             "collapsed_epochs": list(self.collapsed_epochs),
+            "world_size": self.dist.world_size,
+            "global_batch": self.batch_size * self.dist.world_size,
             "rng": _rng_state(),
         }
 
@@ -423,6 +438,16 @@ class _Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.partial = state["partial"]
+        global_batch = self.batch_size * self.dist.world_size
+        saved_batch = int(state.get("global_batch", global_batch))
+        if saved_batch != global_batch and self.batch:
+            # The b-th global batch of an epoch depends only on (seed, epoch, global batch), not on the
+            # world size; with another global batch the partial epoch cannot be continued: redo it.
+            self.log(
+                f"checkpoint taken with a global batch of {saved_batch}, resuming with {global_batch}: "
+                f"epoch {self.epoch + 1} restarts from its first batch"
+            )
+            self.batch, self.partial = 0, None
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         self.collapsed_epochs = list(state["collapsed_epochs"])
@@ -474,11 +499,12 @@ class _Trainer:
         logs = EpochLogs()
         logs.load_state_dict(acc["logs"])
         order = self.dist.shard(epoch_order(len(self.train_ds), cfg["seed"], epoch))
-        batches = epoch_batches(order, cfg["batch_size"], epoch, drop_last=True, skip=self.batch)
+        batches = epoch_batches(order, self.batch_size, epoch, drop_last=True, skip=self.batch)
         gen = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # keeps the global RNG untouched
         loader = make_loader(self.train_ds, batches, self.workers, self.device.type == "cuda", gen)
         self.method.train()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        world = self.dist.world_size
         t_start = time.perf_counter()
         seconds0 = acc["seconds"]
         t0 = t_start
@@ -498,22 +524,23 @@ class _Trainer:
                 g["lr"] = ctx.lr * g["lr_scale"]
                 g["weight_decay"] = ctx.weight_decay if g["apply_wd"] else 0.0
             batch = _to_device(batch, self.device)
+            with torch.no_grad():  # batched photometric views on the device (a no-op unless gpu_augment)
+                batch = self.method.device_augment(batch, ctx)
             with self.autocast():
-                loss, step_logs = self.method.training_step(batch, ctx)
+                loss, step_logs = self.model(batch, ctx)  # DDP averages gradients in backward
             loss_value = self.dist.all_reduce_mean(float(loss.detach().float().item()), self.device)
             if not math.isfinite(loss_value):
                 self.diverged(loss_value, b, acc)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.dist.average_gradients(params)
-            self.method.before_optimizer_step(ctx)
-            if cfg["clip_grad"] > 0:
+            if cfg["clip_grad"] > 0:  # clip first, then the method's hook (DINO cancels last-layer grads)
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg["clip_grad"])
+                clip_gradients(params, cfg["clip_grad"], cfg.get("clip_mode", "global"))
+            self.method.before_optimizer_step(ctx)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.after_optimizer_step(ctx)
-            n = _batch_len(batch)
+            n = _batch_len(batch) * world  # images of the global batch
             acc["loss_sum"] += loss_value * n
             acc["n"] += n
             logs.add({k: float(v) for k, v in step_logs.items()}, n)
@@ -561,8 +588,9 @@ class _Trainer:
     def validate(self) -> float:
         """Mean val loss with fixed views and a fixed RNG so epochs are comparable; no state changes."""
         self.method.eval()
-        order = list(range(len(self.val_ds)))
-        batches = epoch_batches(order, self.cfg["batch_size"], VAL_EPOCH, drop_last=False)
+        # Sharded like training (padded to equal lengths, so every rank runs the same collectives).
+        order = self.dist.shard(list(range(len(self.val_ds))))
+        batches = epoch_batches(order, self.batch_size, VAL_EPOCH, drop_last=False)
         gen = torch.Generator().manual_seed(self.cfg["seed"])
         loader = make_loader(self.val_ds, batches, self.workers, self.device.type == "cuda", gen)
         total, n = 0.0, 0
@@ -582,6 +610,8 @@ class _Trainer:
                     momentum=1.0,
                 )
                 batch = _to_device(batch, self.device)
+                with torch.no_grad():
+                    batch = self.method.device_augment(batch, ctx)
                 with self.autocast():
                     loss, _ = self.method.training_step(batch, ctx)
                 k = _batch_len(batch)
@@ -590,10 +620,11 @@ class _Trainer:
         random.setstate(py_state)
         np.random.set_state(np_state)
         self.method.train()
-        return self.dist.all_reduce_mean(total / max(n, 1), self.device)
+        total, n = self.dist.all_reduce_sum([total, n], self.device)
+        return total / max(n, 1)
 
     def monitor_score(self) -> float | None:
-        if self.monitor is None:
+        if self.monitor is None or not self.dist.is_main:
             return None
         module, meta = self.method.export()
         with torch.random.fork_rng(devices=[]), self.autocast():
@@ -736,6 +767,8 @@ def pretrain(
     say = _as_log(log) if dist.is_main else (lambda _m: None)
     progress = _as_progress(progress) if dist.is_main else None
     validate_config(cfg)
+    per_process_batch(cfg, dist.world_size)
+    sync_bn = use_sync_bn(cfg) and dist.enabled
     method_cls = get_method(cfg["method"])
     check_backbone_name(cfg["backbone"])
     dev = resolve_device(device, dist)
@@ -779,13 +812,14 @@ def pretrain(
         + (" (5% held out)" if pdata.held_out else "")
         + f"; {pdata.excluded} evaluation-task images excluded"
     )
-    global_batch = cfg["batch_size"] * dist.world_size
-    shard_len = len(dist.shard(list(range(len(pdata.train)))))
-    ipe = shard_len // cfg["batch_size"]
-    if ipe < 1:
+    batch_size = per_process_batch(cfg, dist.world_size)
+    global_batch = batch_size * dist.world_size
+    if len(pdata.train) < global_batch:
         raise UsageError(
-            f"--batch-size: {cfg['batch_size']} is larger than the {shard_len} training images per process"
+            f"--batch-size: the global batch {global_batch} (batch size {batch_size} x {dist.world_size} "
+            f"process(es)) is larger than the {len(pdata.train)} training images (no full batch)"
         )
+    ipe = len(dist.shard(list(range(len(pdata.train))))) // batch_size
     monitor = None
     if cfg.get("monitor_task"):
         monitor = KnnMonitor(find_task(workspace.manifests, cfg["monitor_task"]))
@@ -802,10 +836,16 @@ def pretrain(
     tr.ipe = ipe
     tr.monitor = monitor
     tr.workers = resolve_num_workers(cfg["num_workers"])
-    tr.method = method_cls(cfg).to(dev)
-    tr.train_ds = ImageDataset(pdata.train, tr.method.transform(True), cfg["seed"])
-    tr.val_ds = ImageDataset(pdata.val, tr.method.transform(False), cfg["seed"])
+    tr.batch_size = batch_size
+    tr.method = method_cls(cfg)
+    if sync_bn:
+        convert_sync_batchnorm(tr.method, dev)
+    tr.method.to(dev)
+    tr.train_ds, tr.val_ds = pretrain_datasets(
+        pdata, tr.method, cfg, workspace
+    )  # after .to(dev): gpu_augment
     tr.optimizer = build_optimizer(tr.method, cfg, dev)
+    tr.model = wrap_ddp(tr.method, dist, dev)
     tr.sched = build_schedules(cfg, ipe, global_batch)
     tr.method_sched = {k: np.asarray(v) for k, v in tr.method.schedules(cfg["epochs"], ipe).items()}
 
@@ -829,7 +869,8 @@ def pretrain(
             if dist.is_main:
                 record = read_json(run_dir / "config.json")
                 record.setdefault("resumed", []).append(
-                    provenance(cfg, pdata.manifests) | {"data": data_record}
+                    provenance(cfg, pdata.manifests)
+                    | {"data": data_record, "world_size": dist.world_size, "global_batch": global_batch}
                 )
                 atomic_write_json(run_dir / "config.json", record)
         elif dist.is_main:
@@ -840,6 +881,8 @@ def pretrain(
                 "device": str(dev),
                 "world_size": dist.world_size,
                 "global_batch": global_batch,
+                "batch_size_per_process": batch_size,
+                "sync_bn": sync_bn,
                 "iterations_per_epoch": ipe,
             }
             atomic_write_json(run_dir / "config.json", record)
@@ -858,7 +901,12 @@ def pretrain(
                 + f", {row['images_per_s']:.1f} img/s"
             )
 
-        status = tr.run(epoch_line)
+        try:
+            status = tr.run(epoch_line)
+        finally:  # persistent loader workers end with the run, also when it stops early or fails
+            close_loaders(tr.train_ds)
+            close_loaders(tr.val_ds)
+        dump_state_hash(tr.method, dist, {"history": tr.history})
         backbone = tr.export(status)
         tr.write_run(status, "; ".join(tr.warnings))
     best = tr.stopper.best
