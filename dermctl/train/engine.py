@@ -139,6 +139,9 @@ def resolve_device(device: str, dist: Dist | None = None) -> torch.device:
         raise UnavailableError("--device cuda: no CUDA GPU is available here (use --device cpu)")
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    # TF32 for the fp32 matmuls and convolutions left outside bf16 autocast (as the official DINO code runs).
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     return torch.device("cuda", dist.local_rank if dist else 0)
 
 
