@@ -25,7 +25,7 @@ from scipy import stats
 
 from dermctl.data.manifest import find_task, read_manifest, validate_task
 from dermctl.errors import DataError, UsageError
-from dermctl.eval.embeddings import load_task_embeddings, models_with_embeddings
+from dermctl.eval.embeddings import TaskData, load_task_embeddings, models_with_embeddings
 from dermctl.eval.fewshot import ALL, Shots, check_shots, class_members, draw_support, repeats_for
 from dermctl.eval.metrics import macro_f1
 from dermctl.eval.results import build_result, write_result
@@ -339,6 +339,41 @@ class EvalSummary:
     curve: list[dict[str, Any]]
 
 
+def record_result(
+    workspace: Workspace,
+    protocol: str,
+    d: TaskData,
+    task: str,
+    curve: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    per_skin: dict[str, Any] | None,
+    config: dict[str, Any],
+    force: bool,
+) -> EvalSummary:
+    """Write results/<protocol>/<model>/<task>.json for one model's evaluation (knn and linear share it).
+    The `all` point of the curve (one repeat) takes the bootstrap CI over test images."""
+    for point in curve:
+        if point["shots"] == ALL:
+            point["macro_f1_ci"] = metrics["macro_f1_ci"]
+    attrs = d.embeddings.attrs
+    payload = build_result(
+        protocol,
+        d.model_id,
+        str(attrs.get("init", "")),
+        str(attrs.get("backbone", "")),
+        task,
+        d.class_names,
+        d.test_sha256,
+        metrics,
+        config,
+        d.inputs(),
+        curve,
+        per_skin,
+    )
+    path = write_result(workspace.result_path(protocol, d.model_id, task), payload, force=force)
+    return EvalSummary(d.model_id, task, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], curve)
+
+
 def resolve_models(workspace: Workspace, task: str, models: Sequence[str] | None) -> list[str]:
     """The given model ids, or every model with embeddings of `task`."""
     if models:
@@ -406,9 +441,6 @@ def evaluate_knn(
             on_step,
         )
         metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
-        for point in res.curve:
-            if point["shots"] == ALL:
-                point["macro_f1_ci"] = metrics["macro_f1_ci"]  # one repeat: bootstrap over test images
         config = {
             "shots": list(shots),
             "repeats": repeats,
@@ -420,25 +452,5 @@ def evaluate_knn(
             "bootstrap": bootstrap,
             "feature_rule": d.embeddings.attrs.get("feature_rule"),
         }
-        attrs = d.embeddings.attrs
-        payload = build_result(
-            "knn",
-            d.model_id,
-            str(attrs.get("init", "")),
-            str(attrs.get("backbone", "")),
-            task_name,
-            d.class_names,
-            d.test_sha256,
-            metrics,
-            config,
-            d.inputs(),
-            res.curve,
-            per_skin,
-        )
-        path = write_result(workspace.result_path("knn", d.model_id, task_name), payload, force=force)
-        out.append(
-            EvalSummary(
-                d.model_id, task_name, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], res.curve
-            )
-        )
+        out.append(record_result(workspace, "knn", d, task_name, res.curve, metrics, per_skin, config, force))
     return out

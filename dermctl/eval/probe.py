@@ -27,9 +27,8 @@ from dermctl.errors import UsageError
 from dermctl.eval.baselines import STRATIFIED, evaluate_stratified
 from dermctl.eval.embeddings import load_task_embeddings
 from dermctl.eval.fewshot import ALL, Shots, check_shots, draw_support, repeats_for
-from dermctl.eval.knn import EvalSummary, curve_point, resolve_models
+from dermctl.eval.knn import EvalSummary, curve_point, record_result, resolve_models
 from dermctl.eval.metrics import macro_f1
-from dermctl.eval.results import build_result, write_result
 from dermctl.workspace import Workspace
 
 # lam grid, strong to weak, half-decade steps: 1 ... 1e-6 (sklearn's C from 1e-4 to 1e2 for 10k images).
@@ -281,9 +280,6 @@ def evaluate_probe(
             xtr, ytr, xte, yte, d.n_classes, shots, repeats, seed, xva, yva, d.class_names, on_step
         )
         metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
-        for point in res.curve:
-            if point["shots"] == ALL:
-                point["macro_f1_ci"] = metrics["macro_f1_ci"]
         config = {
             "shots": list(shots),
             "repeats": repeats,
@@ -299,25 +295,7 @@ def evaluate_probe(
             "search": res.probe.path,
             "feature_rule": d.embeddings.attrs.get("feature_rule"),
         }
-        attrs = d.embeddings.attrs
-        payload = build_result(
-            "linear",
-            d.model_id,
-            str(attrs.get("init", "")),
-            str(attrs.get("backbone", "")),
-            task_name,
-            d.class_names,
-            d.test_sha256,
-            metrics,
-            config,
-            d.inputs(),
-            res.curve,
-            per_skin,
-        )
-        path = write_result(workspace.result_path("linear", d.model_id, task_name), payload, force=force)
         out.append(
-            EvalSummary(
-                d.model_id, task_name, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], res.curve
-            )
+            record_result(workspace, "linear", d, task_name, res.curve, metrics, per_skin, config, force)
         )
     return out
