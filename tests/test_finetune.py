@@ -246,3 +246,38 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     for k in sa:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
     assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]
+
+
+def test_sigint_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import signal
+
+    from dermctl.eval.finetune import FinetuneModel
+    from dermctl.train.signals import RunInterrupted
+
+    m_a = read_manifest(make_task(tmp_path / "a"))
+    full = finetune(Workspace.at(tmp_path / "a"), m_a, make_loaded(seed=0), cfg())
+
+    m_b = read_manifest(make_task(tmp_path / "b"))
+    ws_b = Workspace.at(tmp_path / "b")
+    forward = FinetuneModel.forward
+    calls = {"n": 0}
+
+    def signalled_forward(self, x):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # epoch 2 (3 training batches per epoch), its second batch: as SLURM would
+                os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, x)
+
+    monkeypatch.setattr(FinetuneModel, "forward", signalled_forward)
+    with pytest.raises(RunInterrupted, match="after batch 2"):
+        finetune(ws_b, m_b, make_loaded(seed=0), cfg())
+    monkeypatch.setattr(FinetuneModel, "forward", forward)
+    state = torch.load(ws_b.runs / "finetune-random-resnet10t-tiny" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], len(state["history"])) == (0, 2, 1)  # a mid-epoch checkpoint
+    resumed = finetune(ws_b, m_b, make_loaded(seed=1), cfg(), resume=True)
+    for a, b in zip(full.history, resumed.history, strict=True):
+        for key in ("train_loss", "val_loss", "val_macro_f1", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]

@@ -56,6 +56,7 @@ from dermctl.models.backbone import BackboneMeta, select_channels
 from dermctl.provenance import provenance, sha256_file
 from dermctl.train.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.train.schedules import cosine_schedule
+from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
 from dermctl.workspace import Workspace, atomic_path, atomic_write_json, atomic_write_text
 
 EARLY_STOP_MODES = ("f1", "loss")
@@ -429,12 +430,15 @@ def finetune(
     stopper = EarlyStopping(config.early_stop, config.patience)
     history: list[dict[str, float]] = []
     start_epoch, done = 0, False
+    skip, partial = 0, (0.0, 0.0)
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stop"])
         history = [dict(h) for h in state["history"]]
         start_epoch, done = int(state["epoch"]) + 1, bool(state.get("done", False))
+        # an interrupted epoch (SIGINT/SIGTERM) continues after its last trained batch
+        skip, partial = int(state.get("batch", 0)), tuple(state.get("partial", (0.0, 0.0)))
     elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (last_path, best_path):
@@ -448,6 +452,7 @@ def finetune(
         atomic_write_json(run_dir / "config.json", record | {"world_size": dist.world_size})
 
     epoch = start_epoch
+    flag = StopFlag()
     while not done and epoch < config.epochs:
         t0 = time.perf_counter()
         _seed_epoch(config.seed + 7919 * dist.rank, epoch)  # each process its own augmentations
@@ -458,17 +463,42 @@ def finetune(
             loader = _loader(
                 train_set, config.batch_size, workers, shuffle=True, seed=config.seed * 100_003 + epoch
             )
-        train_loss = _train_epoch(
-            model,
-            loader,
-            optimizer,
-            criterion,
-            lr_factor[epoch * iters_per_epoch :],
-            device,
-            epoch,
-            last_path,
-            dist,
-        )
+        try:
+            with stop_on_signals(flag):
+                train_loss = _train_epoch(
+                    model,
+                    loader,
+                    optimizer,
+                    criterion,
+                    lr_factor[epoch * iters_per_epoch :],
+                    device,
+                    epoch,
+                    last_path,
+                    dist,
+                    flag,
+                    skip,
+                    partial,
+                )
+        except _Stopped as stop:
+            _save(
+                last_path,
+                {
+                    "epoch": epoch - 1,  # the last completed epoch; `batch` batches of the next are trained
+                    "batch": stop.batch,
+                    "partial": [stop.total, stop.count],
+                    "done": False,
+                    "model": _cpu_state(net),
+                    "optimizer": optimizer.state_dict(),
+                    "early_stop": stopper.state_dict(),
+                    "history": history,
+                    "config": saved_config,
+                },
+            )
+            raise RunInterrupted(
+                f"interrupted in epoch {epoch + 1} after batch {stop.batch}; {last_path} holds that state: "
+                "run the same command with --resume to continue"
+            ) from None
+        skip, partial = 0, (0.0, 0.0)
         if not dist.is_main:  # rank 0 validates and decides; the others follow its decision
             done = bool(dist.all_reduce_sum([0.0], device)[0])
             epoch += 1
@@ -665,13 +695,20 @@ def _train_epoch(
     epoch: int,
     last_path: Path,
     dist: Dist | None = None,
+    flag: StopFlag | None = None,
+    skip: int = 0,
+    partial: tuple[float, float] = (0.0, 0.0),
 ) -> float:
     """One pass over the train loader; `lr_factor[step]` scales each group's base lr. Mean train loss
-    (over every process)."""
+    (over every process). `skip` batches already trained before an interruption are loaded (so that the
+    augmentation RNG advances exactly as before) but not trained on; `partial` is their loss sum and count.
+    A set `flag` (SIGINT/SIGTERM) stops after the current step with `_Stopped`."""
     dist = dist or Dist()
     net.train()
-    total, count = 0.0, 0
+    total, count = partial
     for step, (x, y) in enumerate(loader):
+        if step < skip:
+            continue
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * float(lr_factor[step])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -693,8 +730,18 @@ def _train_epoch(
         optimizer.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
+        if flag is not None and flag.signum is not None and not dist.enabled:
+            raise _Stopped(step + 1, total, count)
     total, count = dist.all_reduce_sum([total, count], device)
     return total / max(count, 1)
+
+
+class _Stopped(Exception):
+    """Raised inside an epoch by SIGINT/SIGTERM: how far the epoch got."""
+
+    def __init__(self, batch: int, total: float, count: float) -> None:
+        super().__init__(batch)
+        self.batch, self.total, self.count = batch, total, count
 
 
 @torch.no_grad()

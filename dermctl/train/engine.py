@@ -24,7 +24,6 @@ import os
 import random
 import re
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,6 @@ import torch
 
 from dermctl.data.manifest import find_task
 from dermctl.errors import (
-    EXIT_INTERRUPTED,
     ConflictError,
     DataError,
     DermctlError,
@@ -74,18 +72,13 @@ from dermctl.train.distributed import (
 from dermctl.train.early_stopping import EarlyStopping
 from dermctl.train.health import EpochLogs, KnnMonitor
 from dermctl.train.schedules import constant_schedule, cosine_schedule
+from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
 from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, read_json
 
 STATUSES = ("running", "finished", "early_stopped", "diverged", "collapsed", "interrupted")
 BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "weight_decay", "momentum")
 TAIL_COLUMNS = ("monitor_knn_f1", "collapsed", "seconds", "images_per_s", "data_wait_share")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-class RunInterrupted(DermctlError):
-    """SIGINT/SIGTERM: a checkpoint of the current state was written; `--resume` continues the run."""
-
-    exit_code = EXIT_INTERRUPTED
 
 
 @dataclass
@@ -248,7 +241,7 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _batches(loader: Any, flag: _StopFlag) -> Iterator[Any]:
+def _batches(loader: Any, flag: StopFlag) -> Iterator[Any]:
     """Iterate a loader; an error re-raised from a worker process keeps its one-line message, and workers
     ended by the same Ctrl-C that set `flag` end the epoch quietly (the caller checkpoints)."""
     try:
@@ -301,33 +294,6 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     for row in history:
         w.writerow([_fmt(row.get(c)) for c in cols])
     atomic_write_text(path, buf.getvalue())
-
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it after each step and checkpoints before leaving."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handler(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _signals(flag: _StopFlag) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, flag.handler)
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -403,7 +369,7 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # accumulators of a partly trained epoch
         self.collapsed_epochs: list[int] = []
         self.warnings: list[str] = []
-        self.flag = _StopFlag()
+        self.flag = StopFlag()
 
     # -- persistence ---------------------------------------------------------------------------
     def state(self, acc: dict[str, Any] | None) -> dict[str, Any]:
@@ -637,7 +603,7 @@ class _Trainer:
     def run(self, epochs_log: Callable[[dict[str, Any]], None]) -> str:
         cfg = self.cfg
         status = "running"
-        with _signals(self.flag):
+        with stop_on_signals(self.flag):
             while self.epoch < cfg["epochs"]:
                 acc = self.train_epoch()
                 epoch = self.epoch
