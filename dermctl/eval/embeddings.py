@@ -88,12 +88,41 @@ def verify_seal(path: str | os.PathLike[str]) -> None:
     make the HDF5 library hang or crash). Files brought by users without a seal are not checked."""
     p = Path(path)
     seal = seal_path(p)
-    if not p.is_file() or not seal.is_file():
+    if not p.is_file():
+        return
+    if not seal.is_file():
+        _probe_unsealed(p)
         return
     if sha256_file(p) not in seal.read_text(encoding="utf-8").split():
         raise DataError(
             f"{p}: content does not match {seal.name} (truncated or altered); rebuild it with `dermctl embed --force`"
         )
+
+
+_PROBE = (
+    "import sys, h5py\n"
+    "with h5py.File(sys.argv[1], 'r') as f:\n"
+    "    [f.attrs[k] for k in f.attrs]\n"
+    "    f.visititems(lambda name, obj: getattr(obj, 'shape', None))\n"
+)
+
+
+def _probe_unsealed(p: Path) -> None:
+    """A file without a seal (brought by a user) is first opened in a child process with a time limit: a
+    damaged HDF5 file can make libhdf5 hang or crash, and that must end in an error, not a stuck command."""
+    import subprocess
+    import sys
+
+    timeout = float(os.environ.get("DERMCTL_HDF5_PROBE_TIMEOUT", "120"))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(p)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DataError(f"{p}: the HDF5 library hangs reading this file (damaged?); rebuild it") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1][:160]
+        raise DataError(f"{p}: not a readable HDF5 embeddings file ({last})")
 
 
 class EmbeddingWriter:
