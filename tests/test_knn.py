@@ -46,7 +46,7 @@ def test_knn_predict_equals_brute_force(vote: str, k: int) -> None:
     assert np.allclose(scores.sum(1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("vote", ["weighted", "majority"])
 def test_sweep_on_support_sets_equals_brute_force(vote: str, backend: str) -> None:
     xtr, ytr, xte, _ = data(seed=1)

@@ -71,7 +71,9 @@ def vote_scores(
     """(n, n_classes) summed votes of the neighbours (rows: queries), normalised to sum to 1."""
     n, k = sims.shape
     if vote == "weighted":
-        weights = np.exp(sims.astype(np.float64) / temperature)
+        # exp((s - max s) / T): the normalised votes of DINO's exp(s / T), without overflow at small T
+        s64 = sims.astype(np.float64)
+        weights = np.exp((s64 - s64.max(axis=1, keepdims=True)) / temperature)
     else:
         weights = np.ones((n, k), dtype=np.float64)
     flat = (np.arange(n, dtype=np.int64)[:, None] * n_classes + neighbour_labels).ravel()
@@ -109,11 +111,11 @@ def knn_predict(
 class KnnSweep:
     """Many support sets (subsets of one training set) against one query set.
 
-    The train x query similarity matrix is computed once (one matrix product); a support set then only
-    gathers its rows and selects its top k per query. `device` None picks cuda when present. `backend`
-    "torch" selects with torch on `device` (the default on a GPU); "numpy" (the default on a CPU) keeps
-    the many small selections single-threaded, which on a busy CPU is far faster than torch's threaded
-    kernels. Memory: n_train x n_query float32."""
+    The query x train cosine-similarity matrix is computed once (one matrix product); a support set
+    then only needs each query's k most similar members. `backend` "numba" (the default on a CPU)
+    selects them for a whole batch of support sets in one compiled parallel loop
+    (`dermctl.eval.support_topk`); "torch" gathers columns and runs torch.topk on `device` (the
+    default on a GPU). `device` None picks cuda when present. Memory: n_query x n_train float32."""
 
     def __init__(
         self,
@@ -124,84 +126,105 @@ class KnnSweep:
         device: str | None = None,
         backend: str | None = None,
     ) -> None:
-        self.train = normalise(train_x)
-        self.query = normalise(query_x)
         self.train_y = np.asarray(train_y, dtype=np.int64)
         self.n_classes = n_classes
-        self.n_train = int(self.train.shape[0])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.backend = backend or ("numpy" if self.device.type == "cpu" else "torch")
+        self.backend = backend or ("numba" if self.device.type == "cpu" else "torch")
+        if self.backend not in ("numba", "torch"):
+            raise ValueError(f"backend {self.backend!r}: expected 'numba' or 'torch'")
+        self._train = np.asarray(train_x, dtype=np.float32)
+        self._query = normalise(query_x)
+        self.n_train = int(self._train.shape[0])
         self._sim: np.ndarray | None = None
         self._sim_t: torch.Tensor | None = None
-        self._all: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def sim_t(self) -> torch.Tensor:
-        """(n_train, n_query) cosine similarities as a tensor on `device`, computed on first use."""
+        """(n_query, n_train) cosine similarities as a tensor on `device`, computed on first use.
+
+        Training rows are scaled after the product instead of normalised before it: the same cosine
+        (to float rounding) without a normalised copy of the training matrix."""
         if self._sim_t is None:
-            if self.device.type == "cpu":  # NumPy's BLAS copes better than torch's OpenMP with busy cores
-                self._sim_t = torch.from_numpy(self.train @ self.query.T)
-            else:
-                t = torch.from_numpy(self.train).to(self.device)
-                self._sim_t = t @ torch.from_numpy(self.query).to(self.device).T
+            train = torch.from_numpy(np.ascontiguousarray(self._train)).to(self.device)
+            inv_norm = 1.0 / torch.linalg.vector_norm(train, dim=1).clamp_min(1e-12)
+            sim = torch.from_numpy(self._query).to(self.device) @ train.T
+            self._sim_t = sim.mul_(inv_norm)
         return self._sim_t
 
     @property
     def sim(self) -> np.ndarray:
-        """The similarity matrix as a NumPy array (CPU selections)."""
+        """The similarity matrix as a C-contiguous NumPy array (CPU selections)."""
         if self._sim is None:
-            self._sim = self.sim_t.cpu().numpy()
+            self._sim = np.ascontiguousarray(self.sim_t.cpu().numpy())
         return self._sim
 
-    def _topk(
-        self, support: np.ndarray | None, k: int, ordered: bool = True
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(similarities, labels) of each query's k nearest support rows (sorted by similarity when
-        `ordered`; the vote does not need the order, only prefixes of several k do)."""
-        if support is None or len(support) == self.n_train:
-            k_eff = min(int(k), self.n_train)
-            if self._all is None or self._all[0].shape[1] < k_eff:
-                # One large selection: torch.topk is ~10x faster than NumPy's argpartition here.
-                top_t, pos_t = torch.topk(self.sim_t, k_eff, dim=0, largest=True, sorted=True)
-                top, pos = top_t.T.cpu().numpy(), pos_t.T.cpu().numpy()
-                self._all = (np.ascontiguousarray(top), self.train_y[pos])
-            return self._all[0][:, :k_eff], self._all[1][:, :k_eff], k_eff
-        if self.backend == "torch":
-            sup_t = torch.as_tensor(np.asarray(support, dtype=np.int64), device=self.device)
-            sub_t = self.sim_t.index_select(0, sup_t)
-            k_eff = min(int(k), sub_t.shape[0])
-            top_t, pos_t = torch.topk(sub_t, k_eff, dim=0, largest=True, sorted=ordered)
-            labels = self.train_y[np.asarray(support, dtype=np.int64)]
-            return top_t.T.cpu().numpy(), labels[pos_t.T.cpu().numpy()], k_eff
-        sup = np.asarray(support, dtype=np.int64)
-        sub = np.ascontiguousarray(self.sim[sup].T)  # (n_query, s): rows contiguous for the selection
-        labels = self.train_y[sup]
-        s = sub.shape[1]
-        k_eff = min(int(k), s)
-        if k_eff < s:
-            pos = np.argpartition(sub, s - k_eff, axis=1)[:, s - k_eff :]
-            top = np.take_along_axis(sub, pos, axis=1)
+    def _supports(self, supports: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        everyone = np.arange(self.n_train, dtype=np.int64)
+        return [everyone if s is None else np.asarray(s, dtype=np.int64) for s in supports]
+
+    def _topk_torch(self, support: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sup_t = torch.as_tensor(support, device=self.device)
+        sub = self.sim_t if support.size == self.n_train else self.sim_t.index_select(1, sup_t)
+        top, pos = torch.topk(sub, min(k, support.size), dim=1, largest=True, sorted=True)
+        return top.cpu().numpy(), support[pos.cpu().numpy()]
+
+    def predict_batch(
+        self,
+        supports: Sequence[np.ndarray | None],
+        k: int | Sequence[int] = DEFAULT_K,
+        T: float = DEFAULT_T,
+        vote: str = "weighted",
+        with_scores: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n_sets, n_query) predictions and, with `with_scores`, (n_sets, n_query, n_classes) normalised
+        votes: one row per support set (None = all training rows). `k` is one number or one per set,
+        capped at each support's size. Ties between classes go to the lowest class index."""
+        sups = self._supports(supports)
+        if self.backend == "numba":
+            from dermctl.eval.support_topk import support_votes  # numba loads in ~0.3 s: only when used
+
+            pred, votes = support_votes(
+                self.sim, sups, self.train_y, k, T, vote == "weighted", self.n_classes, with_scores
+            )
         else:
-            pos = np.broadcast_to(np.arange(s), sub.shape)
-            top = sub
-        if ordered:
-            order = np.argsort(-top, axis=1, kind="stable")
-            top, pos = np.take_along_axis(top, order, axis=1), np.take_along_axis(pos, order, axis=1)
-        return top, labels[pos], k_eff
+            ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (len(sups),))
+            votes = np.stack(
+                [
+                    vote_scores(*self._topk_torch_labels(sup, int(kk)), self.n_classes, T, vote)
+                    for sup, kk in zip(sups, ks, strict=True)
+                ]
+            )
+            pred = np.argmax(votes, axis=2).astype(np.int64)  # first maximal index: lowest class
+        if not with_scores or votes is None:
+            return pred, None
+        scores = votes / np.maximum(votes.sum(axis=2, keepdims=True), 1e-300)
+        return pred, scores.astype(np.float32)
+
+    def _topk_torch_labels(self, support: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        top, idx = self._topk_torch(support, k)
+        return top, self.train_y[idx]
 
     def predict(
         self, support: np.ndarray | None, k: int = DEFAULT_K, T: float = DEFAULT_T, vote: str = "weighted"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predictions and normalised votes using only the `support` training rows (None = all)."""
-        top, labels, _ = self._topk(support, k, ordered=False)
-        scores = vote_scores(top, labels, self.n_classes, T, vote)
-        return _decide(scores), scores.astype(np.float32)
+        pred, scores = self.predict_batch([support], k, T, vote)
+        assert scores is not None
+        return pred[0], scores[0]
 
     def predict_many_k(
         self, support: np.ndarray | None, ks: Sequence[int], T: float = DEFAULT_T, vote: str = "weighted"
     ) -> dict[int, np.ndarray]:
-        """{k: predictions} for several k from one top-k search (k capped at the support size)."""
-        top, labels, k_max = self._topk(support, max(ks))
+        """{k: predictions} for several k from one sorted top-k search (k capped at the support size)."""
+        (sup,) = self._supports([support])
+        k_max = min(max(int(k) for k in ks), sup.size)
+        if self.backend == "numba":
+            from dermctl.eval.support_topk import support_topk
+
+            vals, idx = support_topk(self.sim, [sup], k_max)
+            top, labels = vals[0], self.train_y[idx[0]]
+        else:
+            top, labels = self._topk_torch_labels(sup, k_max)
         out: dict[int, np.ndarray] = {}
         for k in ks:
             kk = min(int(k), k_max)
@@ -309,21 +332,39 @@ def knn_fewshot(
         return min(int(k), ytr.size if support is None else len(support))
 
     members = class_members(ytr, n_classes)
-    curve = []
-    for s in shots:
-        values, ks = [], []
-        for r in range(repeats_for(s, repeats)):
-            support = None if s == ALL else draw_support(ytr, s, n_classes, seed, r, members)
-            kk = pick_k(support)
-            pred, _ = test_sweep.predict(support, kk, T, vote)
-            values.append(macro_f1(yte, pred, n_classes))
-            ks.append(kk)
-            if on_step is not None:
-                on_step()
-        k_field: Any = sorted(set(ks)) if auto and len(set(ks)) > 1 else ks[0]
-        curve.append(curve_point(s, values, k_field))
+    # The headline (every training image; scores kept) is also the curve's "all" point.
     k_all = pick_k(None)
     pred, scores = test_sweep.predict(None, k_all, T, vote)
+    # Every few-shot support set of every shot count in one batched selection: each query's
+    # similarity row is read once for all of them.
+    draws = [
+        (s, draw_support(ytr, s, n_classes, seed, r, members))
+        for s in shots
+        if s != ALL
+        for r in range(repeats_for(s, repeats))
+    ]
+    ks = [pick_k(sup) for _, sup in draws]
+    preds = (
+        test_sweep.predict_batch([sup for _, sup in draws], ks, T, vote, with_scores=False)[0]
+        if draws
+        else []
+    )
+    values: dict[Any, list[float]] = {s: [] for s in shots}
+    chosen: dict[Any, list[int]] = {s: [] for s in shots}
+    if ALL in values:
+        values[ALL].append(macro_f1(yte, pred, n_classes))
+        chosen[ALL].append(k_all)
+    for (s, _), kk, p in zip(draws, ks, preds, strict=True):
+        values[s].append(macro_f1(yte, p, n_classes))
+        chosen[s].append(kk)
+    if on_step is not None:
+        for _ in range(len(draws) + (ALL in values)):
+            on_step()
+    curve = []
+    for s in shots:
+        used = chosen[s]
+        k_field: Any = sorted(set(used)) if auto and len(set(used)) > 1 else used[0]
+        curve.append(curve_point(s, values[s], k_field))
     return KnnOutcome(curve=curve, pred=pred, scores=scores, k=k_all)
 
 
