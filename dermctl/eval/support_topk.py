@@ -3,13 +3,16 @@
 A sweep scores every query against every training image once (one matrix product); each support set
 (a subset of the training images) then needs, per query, its k most similar members and their vote.
 Done with generic top-k kernels (torch.topk, argpartition, FAISS heaps) this selection costs more
-than the matrix product itself: tens of thousands of small selections per query. Here one parallel
-loop over queries handles all support sets of a shot count:
+than the matrix product itself: tens of thousands of small selections per query. Here one compiled
+loop over queries (split over plain threads) handles every support set of the sweep while the query's
+similarity row is in cache:
 
-1. gather the member similarities from the query's row (rows are contiguous, members sorted);
+1. gather the member similarities from the query's row (members sorted, so reads run forward);
 2. when the support is large (m >= 4k), a cheap lower bound: split the m values into k groups; the
    smallest of the k group maxima is <= the k-th largest value, so only values above it can be
-   among the top k (about 3k candidates remain, instead of m);
+   among the top k (about 3k candidates remain, instead of m). The bound of one support set is tried
+   first on the next set of the same size, in a single gather-and-filter pass, and kept only when at
+   least k values pass it;
 3. bisect a threshold on the candidate values until exactly k are at or above it (a handful of
    vectorised counting passes);
 4. exact ties at the boundary (duplicated images, collapsed features) fall back to sorting the
@@ -155,38 +158,6 @@ def _select(
     return hint
 
 
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.6931471803691238  # ln 2 split in two (Cody-Waite) so k * ln2 is exact for |k| < 2**20
-_LN2_LO = 1.9082149292705877e-10
-
-
-@njit(cache=True, inline="always")
-def _exp_nonpositive(x: float, bits: np.ndarray, fbits: np.ndarray) -> float:
-    """exp(x) for x <= 0 to about one ulp of float64, inlined arithmetic: a libm call per vote cost
-    a tenth of the whole sweep. x = k ln2 + r (Cody-Waite), e^r by its Taylor series (|r| <= ln2/2:
-    the first term left out is below 2e-16), 2^k from its exponent bits (`bits` and `fbits` are one
-    memory word seen as int64 and float64). Below -700 (subnormal results), math.exp."""
-    if x < -700.0:
-        return math.exp(x)
-    kf = np.floor(x * _LOG2E + 0.5)
-    r = (x - kf * _LN2_HI) - kf * _LN2_LO
-    p = 1.0 / 479001600
-    p = p * r + 1.0 / 39916800
-    p = p * r + 1.0 / 3628800
-    p = p * r + 1.0 / 362880
-    p = p * r + 1.0 / 40320
-    p = p * r + 1.0 / 5040
-    p = p * r + 1.0 / 720
-    p = p * r + 1.0 / 120
-    p = p * r + 1.0 / 24
-    p = p * r + 1.0 / 6
-    p = p * r + 1.0 / 2
-    p = p * r + 1.0 / 1
-    p = p * r + 1.0 / 1
-    bits[0] = (np.int64(kf) + 1023) << 52
-    return p * fbits[0]
-
-
 def _threads() -> int:
     """Worker threads: torch's intra-op setting (what the user allowed for compute), at least 1."""
     import torch
@@ -198,8 +169,8 @@ def _run_split(kernel: Callable[[int, int], None], nq: int) -> None:
     """Run kernel(q0, q1) over query blocks on plain threads (the kernels release the GIL).
 
     Plain threads, not numba's parallel backends: numba's OpenMP layer shares libgomp with torch and
-    leaves forked children (DataLoader workers, torch.multiprocessing) aborting or changes torch's
-    thread settings; a thread pool that has finished holds no locks across a fork."""
+    left forked children (DataLoader workers, torch.multiprocessing) hanging or aborting; a thread
+    pool that has finished holds no locks across a fork."""
     n_threads = min(_threads(), max(1, nq // 64))
     if n_threads == 1:
         kernel(0, nq)
@@ -217,24 +188,28 @@ def _max_size(offsets: np.ndarray) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _votes_kernel(
+def _sweep_kernel(
     sim: np.ndarray,
     members: np.ndarray,
     offsets: np.ndarray,
-    labels: np.ndarray,
     ks: np.ndarray,
-    temperature: float,
-    weighted: bool,
-    n_classes: int,
     m_max: int,
-    keep_votes: bool,
     q0: int,
     q1: int,
+    labels: np.ndarray,
+    n_classes: int,
+    temperature: float,
+    weighted: bool,
     pred: np.ndarray,
     votes: np.ndarray,
+    vals: np.ndarray,
+    idx: np.ndarray,
 ) -> None:
-    """Queries q0..q1-1 into pred (n_sets, nq) and, when keep_votes, votes (n_sets, nq, n_classes)."""
+    """Queries q0..q1-1 against every support set. Voting (`vals` empty): pred (n_sets, nq) and, when
+    `votes` is not empty, votes (n_sets, nq, n_classes). Sorted top k (`vals` not empty): vals/idx
+    (n_sets, nq, k), prefilled with -inf / -1."""
     n_sets = offsets.size - 1
+    sorted_topk = vals.shape[0] > 0
     for q in range(q0, q1):
         row = sim[q]
         cv = np.empty(m_max, dtype=np.float32)
@@ -243,9 +218,6 @@ def _votes_kernel(
         out_i = np.empty(m_max, dtype=np.int64)
         acc = np.empty(n_classes)
         hint = -np.inf
-        inv_t = 1.0 / temperature
-        bits = np.empty(1, dtype=np.int64)
-        fbits = bits.view(np.float64)  # bit cast int64 -> float64 through one memory word
         prev_m = -1
         for r in range(n_sets):
             a = offsets[r]
@@ -254,63 +226,30 @@ def _votes_kernel(
             if m != prev_m:  # a bound only hints for supports of the same size
                 hint = -np.inf
                 prev_m = m
-            acc[:] = 0.0
             if kk >= 1:
                 hint = _select(row, members, a, m, kk, cv, ci, out_v, out_i, hint)
-                if weighted:
-                    top = out_v[0]
-                    for j in range(kk):
-                        top = max(top, out_v[j])
-                    # exp((s - s_max) / T): DINO's exp(s / T) up to a per-query factor, without overflow
-                    for j in range(kk):
-                        acc[labels[out_i[j]]] += _exp_nonpositive(
-                            (np.float64(out_v[j]) - np.float64(top)) * inv_t, bits, fbits
-                        )
-                else:
-                    for j in range(kk):
-                        acc[labels[out_i[j]]] += 1.0
+            if sorted_topk:
+                if kk >= 1:
+                    _exact_topk(out_v, out_i, kk, kk, vals[r, q], idx[r, q])
+                continue
+            acc[:] = 0.0
+            if kk >= 1 and weighted:
+                top = out_v[0]
+                for j in range(kk):
+                    top = max(top, out_v[j])
+                # exp((s - s_max) / T): DINO's exp(s / T) up to a per-query factor, without overflow
+                for j in range(kk):
+                    acc[labels[out_i[j]]] += math.exp((np.float64(out_v[j]) - np.float64(top)) / temperature)
+            elif kk >= 1:
+                for j in range(kk):
+                    acc[labels[out_i[j]]] += 1.0
             best = 0
             for c in range(1, n_classes):
                 if acc[c] > acc[best]:  # strict: ties go to the lowest class index
                     best = c
             pred[r, q] = best
-            if keep_votes:
+            if votes.shape[0]:
                 votes[r, q, :] = acc
-
-
-@njit(nogil=True, cache=True)
-def _topk_kernel(
-    sim: np.ndarray,
-    members: np.ndarray,
-    offsets: np.ndarray,
-    k: int,
-    m_max: int,
-    q0: int,
-    q1: int,
-    vals: np.ndarray,
-    idx: np.ndarray,
-) -> None:
-    """Queries q0..q1-1 into vals/idx (n_sets, nq, k), prefilled with -inf / -1."""
-    n_sets = offsets.size - 1
-    for q in range(q0, q1):
-        row = sim[q]
-        cv = np.empty(m_max, dtype=np.float32)
-        ci = np.empty(m_max, dtype=np.int64)
-        out_v = np.empty(m_max, dtype=np.float32)
-        out_i = np.empty(m_max, dtype=np.int64)
-        hint = -np.inf
-        prev_m = -1
-        for r in range(n_sets):
-            a = offsets[r]
-            m = offsets[r + 1] - a
-            kk = min(k, m)
-            if m != prev_m:
-                hint = -np.inf
-                prev_m = m
-            if kk < 1:
-                continue
-            hint = _select(row, members, a, m, kk, cv, ci, out_v, out_i, hint)
-            _exact_topk(out_v, out_i, kk, kk, vals[r, q], idx[r, q])
 
 
 def _pack(sim: np.ndarray, supports: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -359,27 +298,15 @@ def support_votes(
     nq, n_sets = sim.shape[0], len(supports)
     pred = np.empty((n_sets, nq), dtype=np.int64)
     votes = np.zeros((n_sets, nq, n_classes) if keep_votes else (0, 0, 0))
+    none_f, none_i = np.zeros((0, 0, 0), dtype=np.float32), np.zeros((0, 0, 0), dtype=np.int64)
     m_max = _max_size(offsets)
-
-    def run(q0: int, q1: int) -> None:
-        _votes_kernel(
-            sim,
-            members,
-            offsets,
-            y,
-            ks,
-            float(temperature),
-            bool(weighted),
-            int(n_classes),
-            m_max,
-            bool(keep_votes),
-            q0,
-            q1,
-            pred,
-            votes,
-        )
-
-    _run_split(run, nq)
+    t, w, c = float(temperature), bool(weighted), int(n_classes)
+    _run_split(
+        lambda q0, q1: _sweep_kernel(
+            sim, members, offsets, ks, m_max, q0, q1, y, c, t, w, pred, votes, none_f, none_i
+        ),
+        nq,
+    )
     return pred, (votes if keep_votes else None)
 
 
@@ -388,8 +315,17 @@ def support_topk(sim: np.ndarray, supports: Sequence[np.ndarray], k: int) -> tup
     first on ties); positions past a support's size hold -inf / -1."""
     sim, members, offsets = _pack(sim, supports)
     nq, n_sets = sim.shape[0], len(supports)
-    vals = np.full((n_sets, nq, int(k)), -np.inf, dtype=np.float32)
-    idx = np.full((n_sets, nq, int(k)), -1, dtype=np.int64)
+    kk = int(k)
+    vals = np.full((n_sets, nq, kk), -np.inf, dtype=np.float32)
+    idx = np.full((n_sets, nq, kk), -1, dtype=np.int64)
+    ks = np.full(n_sets, kk, dtype=np.int64)
+    labels = np.zeros(sim.shape[1], dtype=np.int64)
+    pred, votes = np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0, 0))
     m_max = _max_size(offsets)
-    _run_split(lambda q0, q1: _topk_kernel(sim, members, offsets, int(k), m_max, q0, q1, vals, idx), nq)
+    _run_split(
+        lambda q0, q1: _sweep_kernel(
+            sim, members, offsets, ks, m_max, q0, q1, labels, 1, 1.0, False, pred, votes, vals, idx
+        ),
+        nq,
+    )
     return vals, idx
