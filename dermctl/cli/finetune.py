@@ -96,13 +96,10 @@ def command(
         force=force,
         log=lambda message: log(state, message),
     )
-    import torch.distributed as torch_dist
+    from dermctl.train.distributed import end_process_group
 
-    if torch_dist.is_available() and torch_dist.is_initialized():  # started by torchrun
-        rank = torch_dist.get_rank()
-        torch_dist.destroy_process_group()
-        if rank != 0:
-            return  # only the main process prints
+    if end_process_group() not in (None, 0):  # started by torchrun: only the main process prints
+        return
     metrics = outcome.payload["metrics"]
     summary = {
         "result": str(outcome.result_path),

@@ -76,6 +76,18 @@ class Dist:
         return padded[self.rank :: self.world_size]
 
 
+def end_process_group() -> int | None:
+    """Tear down the process group torchrun's job started; returns this process's rank (None when
+    there is no group). All ranks meet at a barrier first: gloo torn down while a peer still has
+    collectives in flight aborted the process (SIGABRT) after its work was done."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return None
+    rank = tdist.get_rank()
+    tdist.barrier()
+    tdist.destroy_process_group()
+    return rank
+
+
 def dist_from_env(device: str) -> Dist:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and join the process group (nccl on CUDA, gloo on
     CPU). Without them: a single process."""

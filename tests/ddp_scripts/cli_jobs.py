@@ -37,6 +37,7 @@ def main() -> int:
     finally:
         dist.destroy_process_group = destroy
         if dist.is_initialized():
+            dist.barrier()  # as dermctl.train.distributed.end_process_group
             destroy()
     return 0
 

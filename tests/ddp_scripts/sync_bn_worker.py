@@ -19,4 +19,5 @@ def sync_bn_rank(rank: int, world: int, init: str, out: str) -> None:
     loss = (bn(xs) * w[rank * 4 : (rank + 1) * 4]).sum() / 4
     loss.backward()
     torch.save({"gx": xs.grad, "gw": bn.weight.grad, "rv": bn.running_var.clone()}, f"{out}/r{rank}.pt")
+    torch.distributed.barrier()  # every rank done with its collectives before gloo is torn down
     torch.distributed.destroy_process_group()
