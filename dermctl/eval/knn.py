@@ -163,10 +163,11 @@ class KnnSweep:
         return [everyone if s is None else np.asarray(s, dtype=np.int64) for s in supports]
 
     def _topk_torch(self, support: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, labels) of each query's k nearest support members, sorted, with torch.topk."""
         sup_t = torch.as_tensor(support, device=self.device)
         sub = self.sim_t if support.size == self.n_train else self.sim_t.index_select(1, sup_t)
         top, pos = torch.topk(sub, min(k, support.size), dim=1, largest=True, sorted=True)
-        return top.cpu().numpy(), support[pos.cpu().numpy()]
+        return top.cpu().numpy(), self.train_y[support[pos.cpu().numpy()]]
 
     def predict_batch(
         self,
@@ -190,7 +191,7 @@ class KnnSweep:
             ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (len(sups),))
             votes = np.stack(
                 [
-                    vote_scores(*self._topk_torch_labels(sup, int(kk)), self.n_classes, T, vote)
+                    vote_scores(*self._topk_torch(sup, int(kk)), self.n_classes, T, vote)
                     for sup, kk in zip(sups, ks, strict=True)
                 ]
             )
@@ -199,10 +200,6 @@ class KnnSweep:
             return pred, None
         scores = votes / np.maximum(votes.sum(axis=2, keepdims=True), 1e-300)
         return pred, scores.astype(np.float32)
-
-    def _topk_torch_labels(self, support: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        top, idx = self._topk_torch(support, k)
-        return top, self.train_y[idx]
 
     def predict(
         self, support: np.ndarray | None, k: int = DEFAULT_K, T: float = DEFAULT_T, vote: str = "weighted"
@@ -224,7 +221,7 @@ class KnnSweep:
             vals, idx = support_topk(self.sim, [sup], k_max)
             top, labels = vals[0], self.train_y[idx[0]]
         else:
-            top, labels = self._topk_torch_labels(sup, k_max)
+            top, labels = self._topk_torch(sup, k_max)
         out: dict[int, np.ndarray] = {}
         for k in ks:
             kk = min(int(k), k_max)
@@ -351,14 +348,14 @@ def knn_fewshot(
     )
     values: dict[Any, list[float]] = {s: [] for s in shots}
     chosen: dict[Any, list[int]] = {s: [] for s in shots}
-    if ALL in values:
+    if ALL in shots:
         values[ALL].append(macro_f1(yte, pred, n_classes))
         chosen[ALL].append(k_all)
     for (s, _), kk, p in zip(draws, ks, preds, strict=True):
         values[s].append(macro_f1(yte, p, n_classes))
         chosen[s].append(kk)
     if on_step is not None:
-        for _ in range(len(draws) + (ALL in values)):
+        for _ in range(len(draws) + (ALL in shots)):
             on_step()
     curve = []
     for s in shots:

@@ -101,7 +101,6 @@ def _select(
             ci[c] = i
             c += v >= t
     if c < kk:
-        t = -np.inf
         if m >= 4 * kk:
             g = m // kk
             t = np.inf
@@ -115,16 +114,18 @@ def _select(
             for j in range(a + kk * g, a + m):
                 cv[j - a] = row[members[j]]
             hint = t
-        else:
+            # keep candidates >= t (branch-free compaction, in place: c <= j always)
+            c = 0
             for j in range(m):
-                cv[j] = row[members[a + j]]
-        # keep candidates >= t (branch-free compaction, in place: c <= j always)
-        c = 0
-        for j in range(m):
-            v = cv[j]
-            cv[c] = v
-            ci[c] = members[a + j]
-            c += v >= t
+                v = cv[j]
+                cv[c] = v
+                ci[c] = members[a + j]
+                c += v >= t
+        else:  # small support: every member is a candidate
+            for j in range(m):
+                ci[j] = members[a + j]
+                cv[j] = row[ci[j]]
+            c = m
     if c > kk:
         lo = cv[0]
         hi = cv[0]
@@ -175,7 +176,7 @@ def _run_split(kernel: Callable[[int, int], None], nq: int) -> None:
     if n_threads == 1:
         kernel(0, nq)
         return
-    # interleaved blocks balance queries of uneven cost
+    # several blocks per thread: the pool balances queries of uneven cost
     bounds = np.linspace(0, nq, 8 * n_threads + 1).astype(np.int64)
     blocks = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
