@@ -53,6 +53,8 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "simclr": {
         "backbone": "resnet18",
+        "init": "random",  # from scratch: the demo shows what pretraining itself adds
+        "lr_scaling": "none",
         "image_size": 32,
         "batch_size": 32,
         "lr": 1e-3,

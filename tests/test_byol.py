@@ -13,7 +13,9 @@ from dermctl.methods import StepContext, get_method, resolve_config
 from dermctl.methods.augment import RandomGaussianBlur, RandomSolarize
 from dermctl.methods.byol import BYOLMLP, BYOLLoss, byol_regression_loss
 
-TINY = dict(backbone="resnet18", image_size=32, proj_hidden_dim=32, proj_out_dim=16, pred_hidden_dim=32)
+TINY = dict(
+    backbone="resnet18", init="random", image_size=32, proj_hidden_dim=32, proj_out_dim=16, pred_hidden_dim=32
+)
 
 
 def _images(n: int = 4, size: int = 40) -> list[Image.Image]:
@@ -66,6 +68,7 @@ def test_defaults_follow_table_1_and_paper() -> None:
         "cosine",
     )
     assert cfg["momentum_teacher"] == 0.996 and cfg["backbone"] == "resnet50"
+    assert cfg["init"] == "imagenet" and cfg["lr_scaling"] == "linear256"  # the study authors' code
     assert (cfg["proj_hidden_dim"], cfg["proj_out_dim"], cfg["pred_hidden_dim"]) == (4096, 256, 4096)
     mlp = BYOLMLP(2048)
     dims = [(m.in_features, m.out_features) for m in mlp if isinstance(m, torch.nn.Linear)]

@@ -202,7 +202,7 @@ def test_pretrain_datasets_use_the_cache_and_the_methods_views(tmp_path, ws, dec
     imgs = _jpegs(tmp_path / "img", 4)
     pdata = load_pretrain_data([make_corpus(tmp_path / "c.csv", imgs, ["train"] * 3 + ["val"])], ws)
     cfg = resolve_config(
-        "simclr", dict(backbone="resnet10t", image_size=32, proj_hidden_dim=8, proj_out_dim=4)
+        "simclr", dict(backbone="resnet10t", init="random", image_size=32, proj_hidden_dim=8, proj_out_dim=4)
     )
     cfg["cache_size"] = 64
     train, val = pretrain_datasets(pdata, SimCLR(cfg), cfg, ws)

@@ -123,3 +123,17 @@ def test_sigterm_checkpoints_and_exits_130(ws):
     assert "--resume" in err and "SIGTERM" in err
     run = json.loads((root / "runs" / "tinytest-resnet10t" / "run.json").read_text())
     assert run["status"] == "interrupted"
+
+
+def test_offline_imagenet_default_says_how_to_go_on(ws, monkeypatch):
+    """SimCLR starts from ImageNet weights by default (the study's code); offline without them, one line
+    naming --init random and --init PATH, exit 6 (unavailable), and no run folder."""
+    root, man = ws
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(root / "empty-hf-cache"))  # never a cached copy
+    r = _run(root, "--method", "simclr", "--data", str(man), "--backbone", "resnet10t", "--device", "cpu")
+    assert r.exit_code == 6, r.output
+    text = " ".join(r.output.split())
+    assert "--init imagenet" in text and "--init random" in text and "--init PATH" in text
+    assert r.output.count("error:") == 1 and "Traceback" not in r.output
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())

@@ -86,3 +86,67 @@ def test_validate_accepts_defaults_and_resume_differences():
     other = dict(cfg, lr=1.0, num_workers=3)
     assert resume_differences(cfg, other) == ["lr"]  # num_workers does not change the numbers
     assert resume_differences(cfg, dict(cfg)) == []
+
+
+# -- every default has a source, shown by --print-config and in docs/methods-*.md ---------------------
+
+STUDY_METHODS = ("colorme", "simclr", "byol", "dino", "ibot")
+
+
+@pytest.mark.parametrize("method", STUDY_METHODS)
+def test_every_default_names_its_source(method):
+    from dermctl.methods.base import get_method
+
+    cls = get_method(method)
+    sources = cls.sources()
+    missing = [k for k in cls.defaults() if not sources.get(k, "").strip()]
+    assert not missing, f"{method}: no source for {missing}"
+    # a method's own entries name only keys it really has (no stale sources)
+    assert set(cls.default_sources) <= set(cls.defaults())
+
+
+@pytest.mark.parametrize(
+    "method, init, scaling, extra",
+    [
+        ("colorme", "imagenet", "none", {"sgd_momentum": 0.0, "optimizer": "sgd", "lr_schedule": "none"}),
+        ("simclr", "imagenet", "linear256", {"proj_final_bn": True}),
+        ("byol", "imagenet", "linear256", {}),
+        ("dino", "random", "linear256", {"export": "teacher"}),
+        ("ibot", "random", "linear256", {"export": "teacher"}),
+    ],
+)
+def test_study_defaults(method, init, scaling, extra):
+    """The study authors' code: ImageNet init for the CNN methods, random for the ViTs; lr x batch / 256
+    whenever a schedule is on; ColorMe plain SGD; DINO/iBOT evaluated on the teacher (official)."""
+    cfg = build_config(method, None, {})
+    assert (cfg["init"], cfg["lr_scaling"]) == (init, scaling)
+    for key, value in extra.items():
+        assert cfg[key] == value, key
+
+
+def test_print_config_comments_name_sources_and_overrides():
+    from dermctl.train.config import source_comments
+
+    cfg = build_config("simclr", None, {"lr": 1e-3})
+    text = to_toml(cfg, source_comments(cfg))
+    assert tomllib.loads(text) == {k: v for k, v in cfg.items() if v is not None}  # comments stay comments
+    line = {ln.split(" =")[0]: ln for ln in text.splitlines()}
+    assert "Gröger et al. Table 1" in line["batch_size"]
+    assert "authors' code models/simclr/model.py" in line["init"]
+    assert "overridden; default 3e-05" in line["lr"]
+
+
+def test_docs_defaults_tables_are_current():
+    from pathlib import Path
+
+    from dermctl.train.config import render_defaults_docs
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    seen = set()
+    for name in ("methods-cnn.md", "methods-vit.md"):
+        text = (docs / name).read_text(encoding="utf-8")
+        seen |= {m for m in STUDY_METHODS if f"<!-- defaults:{m} -->" in text}
+        assert render_defaults_docs(text) == text, (
+            f"docs/{name} is stale: python -m dermctl.train.config docs/methods-cnn.md docs/methods-vit.md"
+        )
+    assert seen == set(STUDY_METHODS)

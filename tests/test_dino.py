@@ -337,14 +337,15 @@ def test_collapse_reason():
     )
 
 
-def test_export_is_the_student_backbone_and_round_trips(tmp_path):
+def test_export_is_the_teacher_backbone_by_default_and_round_trips(tmp_path):
     m = _method()
     backbone, meta = m.export()
-    assert backbone is m.student.backbone
+    assert backbone is m.teacher.backbone  # official evaluation: --checkpoint_key teacher
     assert (
         meta.timm_name == "vit_tiny_patch16_224"
         and meta.feature_rule == "cls4"
         and meta.extra["method"] == "dino"
+        and meta.extra["export"] == "teacher"
     )
     assert meta.mean == (0.485, 0.456, 0.406)
     export_backbone(backbone, tmp_path, meta)
@@ -356,6 +357,28 @@ def test_export_is_the_student_backbone_and_round_trips(tmp_path):
             extract_features(loaded, x, "cls4"), extract_features(backbone, x, "cls4"), atol=1e-5
         )
     assert meta2.feature_rule == "cls4"
+
+
+def test_export_student_on_request_and_teacher_differs_after_training():
+    m = _method(export="student")
+    assert m.export()[0] is m.student.backbone and m.export()[1].extra["export"] == "student"
+    t = _method()
+    opt = torch.optim.SGD([p for g in t.param_groups() for p in g["params"]], lr=0.1)
+    loss, _ = t.training_step(_batch(t), _ctx())
+    loss.backward()
+    opt.step()
+    t.after_optimizer_step(_ctx(momentum=0.5))
+    exported = dict(t.export()[0].named_parameters())
+    student = dict(t.student.backbone.named_parameters())
+    teacher = dict(t.teacher.backbone.named_parameters())
+    moved = [n for n in exported if not torch.equal(student[n], teacher[n])]
+    assert moved  # after one step the two differ: the export must be the teacher's weights
+    assert all(torch.equal(exported[n], teacher[n]) for n in moved)
+
+
+def test_export_key_is_checked():
+    with pytest.raises(UsageError, match="export"):
+        _method(export="ema")
 
 
 def test_cnn_backbone_works_and_exports_avgpool():

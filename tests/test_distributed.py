@@ -38,9 +38,10 @@ CPU = torch.device("cpu")
 
 # Tiny configs (as --set values): 8 train + 4 val images, global batch 4, 2 epochs = 4 steps.
 TINY = {
-    "simclr": {"backbone": "resnet10t", "proj_hidden_dim": 16, "proj_out_dim": 8},
+    "simclr": {"backbone": "resnet10t", "init": "random", "proj_hidden_dim": 16, "proj_out_dim": 8},
     "byol": {
         "backbone": "resnet10t",
+        "init": "random",
         "proj_hidden_dim": 16,
         "proj_out_dim": 8,
         "pred_hidden_dim": 16,
@@ -49,6 +50,7 @@ TINY = {
     # summed over the batch (the study's default) must stay a sum over the global batch under DDP.
     "colorme": {
         "backbone": "resnet10t",
+        "init": "random",
         "decoder_channels": [16, 16, 8, 8, 8],
         "sync_bn": True,
     },

@@ -14,7 +14,7 @@ from fakes import make_fitzpatrick17k, make_ham10000, make_isic_archive, make_me
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "colorme": {"backbone": "resnet10t", "image_size": 32, "batch_size": 8},
+    "colorme": {"backbone": "resnet10t", "init": "random", "image_size": 32, "batch_size": 8},
     "dino": {
         "backbone": "vit_tiny_patch16_224",
         "image_size": 32,

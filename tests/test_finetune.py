@@ -206,7 +206,7 @@ def test_early_stopping_keeps_and_evaluates_best_epoch(tmp_path: Path) -> None:
     # best.pt really is that epoch's model: re-evaluating it on val reproduces the logged val loss
     state = torch.load(out.run_dir / "best.pt", weights_only=True)
     assert state["epoch"] == best
-    net = FinetuneModel(create_backbone("resnet10t", "random"), 3)
+    net = FinetuneModel(create_backbone("resnet10t", "random"), 3, make_loaded().meta)
     net.load_state_dict(state["model"])
     net.eval()
     ds = ManifestImages(m, m.split_rows("val"), m.classes, build_transforms(make_loaded().meta, 32)[1])
@@ -281,3 +281,21 @@ def test_sigint_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tmp_path: 
         for key in ("train_loss", "val_loss", "val_macro_f1", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
     assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]
+
+
+def test_vit_head_sits_on_the_probes_features_cls4() -> None:
+    """Gröger et al. sec. 3.5: ViT features are the class tokens of the last 4 blocks; fine-tuning puts its
+    head on the same features as embed and the probe (not on the last class token only)."""
+    from dermctl.models.backbone import extract_features
+
+    torch.manual_seed(0)
+    vit = create_backbone("vit_tiny_patch16_224", "random")
+    meta = BackboneMeta(timm_name="vit_tiny_patch16_224", feature_rule="cls4", input_size=32)
+    net = FinetuneModel(vit, 3, meta).eval()
+    assert net.head.in_features == 4 * vit.num_features
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.head(extract_features(vit, x, "cls4")), atol=1e-6)
+    net.train()
+    net(x).sum().backward()  # the whole backbone trains through the 4 taps
+    assert vit.blocks[-4].attn.qkv.weight.grad is not None and vit.patch_embed.proj.weight.grad is not None

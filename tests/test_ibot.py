@@ -298,11 +298,14 @@ def test_tiny_training_run_loss_falls():
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
 
 
-def test_export_is_plain_timm_vit(tmp_path):
+def test_export_is_plain_timm_vit_of_the_teacher(tmp_path):
     m = _method()
     vit, meta = m.export()
-    assert vit is m.student.backbone.vit and not hasattr(vit, "mask_token")
-    assert meta.feature_rule == "cls4" and meta.extra["method"] == "ibot"
+    assert vit is m.teacher.backbone.vit and not hasattr(vit, "mask_token")
+    assert meta.feature_rule == "cls4" and meta.extra == {"method": "ibot", "export": "teacher"}
+    assert _method(export="student").export()[0] is not None
+    student = _method(export="student")
+    assert student.export()[0] is student.student.backbone.vit
     export_backbone(vit, tmp_path, meta)
     loaded, _ = load_exported(tmp_path)
     x = torch.randn(1, 3, 32, 32)

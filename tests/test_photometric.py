@@ -327,8 +327,15 @@ TINY = {
         bottleneck_dim=8,
         warmup_teacher_temp_epochs=0,
     ),
-    "simclr": dict(backbone="resnet10t", image_size=32, proj_hidden_dim=16, proj_out_dim=8),
-    "byol": dict(backbone="resnet10t", image_size=32, proj_hidden_dim=16, proj_out_dim=8, pred_hidden_dim=16),
+    "simclr": dict(backbone="resnet10t", init="random", image_size=32, proj_hidden_dim=16, proj_out_dim=8),
+    "byol": dict(
+        backbone="resnet10t",
+        init="random",
+        image_size=32,
+        proj_hidden_dim=16,
+        proj_out_dim=8,
+        pred_hidden_dim=16,
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from dermctl.methods import StepContext, get_method, resolve_config
 from dermctl.methods.simclr import NTXentLoss, SimCLRProjectionHead, l2_normalized_std, nt_xent_loss
 from dermctl.models.backbone import export_backbone, extract_features, load_exported
 
-TINY = dict(backbone="resnet18", image_size=32, proj_hidden_dim=32, proj_out_dim=16)
+TINY = dict(backbone="resnet18", init="random", image_size=32, proj_hidden_dim=32, proj_out_dim=16)
 
 
 def _images(n: int = 4, size: int = 40) -> list[Image.Image]:
@@ -104,13 +104,35 @@ def test_defaults_follow_table_1_and_paper() -> None:
     assert cfg["backbone"] == "resnet50" and cfg["temperature"] == 0.1
     assert (cfg["proj_hidden_dim"], cfg["proj_out_dim"]) == (2048, 128)
     assert cfg["method"] == "simclr"
+    # the study authors' code: ImageNet init, lr x batch / 256 with the cosine schedule, blur always
+    assert cfg["init"] == "imagenet" and cfg["lr_scaling"] == "linear256" and cfg["blur_p"] == 1.0
 
 
-def test_projection_head_resnet50_shape() -> None:
+def test_projection_head_is_the_official_one_layer_by_layer() -> None:
     head = SimCLRProjectionHead(2048)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     dims = [(m.in_features, m.out_features) for m in head if isinstance(m, torch.nn.Linear)]
     assert dims == [(2048, 2048), (2048, 128)]
-    assert head.eval()(torch.randn(2, 2048)).shape == (2, 128)
+    assert all(m.bias is None for m in head if isinstance(m, torch.nn.Linear))  # BN follows each
+    final = head[-1]
+    # TF BatchNormalization(center=False): a learned scale, the shift frozen at zero
+    assert final.weight.requires_grad and not final.bias.requires_grad and not final.bias.any()
+    head.train()
+    z = head(torch.randn(16, 2048))
+    assert z.shape == (16, 128)
+    # batch statistics: each output dimension has mean 0 and variance 1 over the batch
+    assert torch.allclose(z.mean(0), torch.zeros(128), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(128), atol=1e-3)
+    old = SimCLRProjectionHead(2048, final_bn=False)  # 0.1.0's head, for comparison
+    assert [type(m).__name__ for m in old] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+
+
+def test_frozen_bn_shift_is_never_given_to_the_optimiser() -> None:
+    method = get_method("simclr")(resolve_config("simclr", TINY))
+    trainable = {id(p) for g in method.param_groups() for p in g["params"]}
+    assert id(method.projection_head[-1].bias) not in trainable
+    assert id(method.projection_head[-1].weight) in trainable
 
 
 def test_transform_two_different_views() -> None:

@@ -101,7 +101,7 @@ def command(
         ),
     ] = False,
 ) -> None:
-    from dermctl.train.config import build_config, to_toml
+    from dermctl.train.config import build_config, source_comments, to_toml
     from dermctl.train.engine import default_run_name, pretrain
 
     state = get_state(ctx)
@@ -128,7 +128,8 @@ def command(
         if state.json:
             emit(state, cfg)
         else:
-            out_console.print(to_toml(cfg), end="", highlight=False, markup=False, soft_wrap=True)
+            text = to_toml(cfg, source_comments(cfg))
+            out_console.print(text, end="", highlight=False, markup=False, soft_wrap=True)
         return
     if not data:
         raise UsageError("--data: missing (give a manifest CSV or a folder of them)")

@@ -7,8 +7,9 @@ Recipe (the task's documented choices):
                   rotation by a multiple of 90 degrees (skin photos have no canonical orientation) and mild
                   colour jitter (0.1 brightness/contrast/saturation, 0.02 hue).
     eval views    resize the shorter side to image_size * 256/224, centre crop image_size.
-    features      the backbone's own pooled output (timm `num_classes=0`: average pool for CNNs, the class
-                  token for ViTs), the usual fine-tuning head input.
+    features      the same features as embed / the linear probe (the backbone's feature rule): the last
+                  average pool for CNNs, the class tokens of the last 4 blocks concatenated for ViTs
+                  (Gröger et al. sec. 3.5, as DINO's linear evaluation).
     loss          cross-entropy, optionally class-balanced with weights n / (k * n_c) from train counts.
     optimiser     AdamW, backbone lr and head lr separate, no weight decay on biases and norms, per-iteration
                   cosine from the base lr to 0 over `epochs` (early stopping usually ends the run first).
@@ -52,7 +53,7 @@ from dermctl.errors import ConflictError, DataError, TrainingError, UnavailableE
 from dermctl.eval.metrics import by_group, classification_report, macro_f1
 from dermctl.eval.models import resolve_model
 from dermctl.eval.results import test_split_hash, write_result
-from dermctl.models.backbone import BackboneMeta, select_channels
+from dermctl.models.backbone import BackboneMeta, extract_features, feature_dim, select_channels
 from dermctl.provenance import provenance, sha256_file
 from dermctl.train.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.train.schedules import cosine_schedule
@@ -283,20 +284,19 @@ class ManifestImages(Dataset):
 
 
 class FinetuneModel(nn.Module):
-    """Backbone + linear head (`backbone.*`, `head.*` in the state dict)."""
+    """Backbone + linear head (`backbone.*`, `head.*` in the state dict) on the backbone's feature rule, so
+    fine-tuning starts from the very features embed and the probe use (cls4 for ViTs: 4 x dim inputs)."""
 
-    def __init__(self, backbone: nn.Module, n_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, n_classes: int, meta: BackboneMeta) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.feature_rule = backbone, meta.feature_rule
         for p in backbone.parameters():
             p.requires_grad_(True)  # resolve_model hands out frozen backbones; fine-tuning trains them
-        dim = int(getattr(backbone, "num_features", 0) or 0)
-        if dim <= 0:
-            raise UsageError("--model: backbone does not report its feature size (num_features)")
+        dim = feature_dim(backbone, meta.feature_rule, meta.input_size, meta.in_chans)
         self.head = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).flatten(1))
+        return self.head(extract_features(self.backbone, x, self.feature_rule))
 
 
 # --------------------------------------------------------------------------- the run
@@ -393,7 +393,7 @@ def finetune(
         classes=classes,
         val_source=val_source,
         crop_scale=list(CROP_SCALE),
-        features="pooled backbone output",
+        features=meta.feature_rule,
         backbone_sha256=str(loaded.checkpoint_sha256 or ""),
         manifest_sha256=sha256_file(manifest.path) if manifest.path else "",
     )
@@ -412,7 +412,7 @@ def finetune(
     test_set = ManifestImages(manifest, test_rows, classes, eval_tf)
 
     torch.manual_seed(config.seed)  # the head's initial weights
-    net = FinetuneModel(loaded.backbone, n_classes).to(device)
+    net = FinetuneModel(loaded.backbone, n_classes, meta).to(device)
     weight = class_weights(train_set.labels(), n_classes).to(device) if config.class_balanced else None
     criterion = nn.CrossEntropyLoss(weight=weight)
     optimizer = _optimizer(net, config)

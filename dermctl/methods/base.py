@@ -57,6 +57,43 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "gpu_augment": "auto",  # photometric augmentation batched on the device: true | false | auto (CUDA)
 }
 
+# Where each engine default comes from. A method's `default_sources` names the source of every key it sets
+# or adds; `--print-config` shows the merged table and docs/methods-*.md is generated from it (a test keeps
+# the two in step). "Gröger et al." is the study; "authors' code" is their PyPI package
+# self-supervised-dermatology 0.0.16 (file names relative to it); "dermctl:" marks our own choices.
+ENGINE_SOURCES: dict[str, str] = {
+    "backbone": "dermctl: any timm model name",
+    "init": "dermctl: random; methods set the study's value",
+    "epochs": "dermctl: an upper bound; Gröger et al. stop on the val loss (patience 5)",
+    "batch_size": "dermctl placeholder; methods set Gröger et al. Table 1",
+    "global_batch": "dermctl: optional, replaces batch_size under DDP",
+    "sync_bn": "dermctl: auto = synchronised for SimCLR/BYOL under DDP (Chen et al. / Grill et al. use global BN)",
+    "optimizer": "dermctl placeholder; methods set Gröger et al. Table 1",
+    "lr": "dermctl placeholder; methods set Gröger et al. Table 1",
+    "lr_scaling": "dermctl: none; methods with a schedule set the authors' code (lr x batch / 256)",
+    "lr_schedule": "dermctl placeholder; methods set Gröger et al. Table 1",
+    "min_lr": "official DINO main_dino.py (1e-6)",
+    "warmup_epochs": "dermctl: no warm-up unless the method's recipe has one",
+    "weight_decay": "dermctl: none unless the method's recipe has one",
+    "weight_decay_end": "dermctl: constant weight decay unless the method's recipe has a schedule",
+    "sgd_momentum": "dermctl: 0.9 for SGD; ColorMe sets the authors' 0",
+    "clip_grad": "dermctl: off unless the method's recipe clips",
+    "clip_mode": "dermctl: one global norm; DINO/iBOT set the official per-parameter clipping",
+    "momentum_teacher": "BYOL (Grill et al. sec. 3.2) / official DINO: 0.996, cosine to 1",
+    "image_size": "Gröger et al. sec. 3: 224 x 224",
+    "patience": "Gröger et al. sec. 3: stop after 5 epochs without val-loss improvement",
+    "min_delta": "dermctl: any improvement counts",
+    "val_every": "Gröger et al.: the val loss every epoch",
+    "num_workers": "dermctl: from the CPU count",
+    "precision": "dermctl: bf16 on CUDA, fp32 on CPU",
+    "seed": "dermctl",
+    "deterministic": "dermctl: off (faster kernels)",
+    "monitor_task": "dermctl: off; kNN on a task's val split when set",
+    "monitor_every": "dermctl",
+    "cache_size": "dermctl data path (docs/data-path.md)",
+    "gpu_augment": "dermctl data path (docs/data-path.md)",
+}
+
 
 @dataclass
 class StepContext:
@@ -75,6 +112,8 @@ class PretrainMethod(nn.Module):
 
     name: ClassVar[str]
     uses_ema: ClassVar[bool] = False  # has a teacher/target network updated only by EMA
+    # key -> where the method's default comes from, for every key `defaults()` sets or adds
+    default_sources: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -85,6 +124,11 @@ class PretrainMethod(nn.Module):
     def defaults(cls) -> dict[str, Any]:
         """Full resolved default config of this method (engine keys + method keys)."""
         return dict(ENGINE_DEFAULTS)
+
+    @classmethod
+    def sources(cls) -> dict[str, str]:
+        """The source of every default in `defaults()`: the engine's, overridden by the method's."""
+        return {**ENGINE_SOURCES, **cls.default_sources}
 
     # -- data -----------------------------------------------------------------------------
     def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:

@@ -54,7 +54,11 @@ class BYOLLoss(nn.Module):
 
 
 class BYOLMLP(nn.Sequential):
-    """BYOL's projector and predictor: Linear - BatchNorm - ReLU - Linear (in -> 4096 -> 256)."""
+    """BYOL's projector and predictor: Linear - BatchNorm - ReLU - Linear (in -> 4096 -> 256), layer for
+    layer the official `MLP` (deepmind-research/byol, networks.py: hk.Linear with bias, BatchNorm with scale
+    and offset, ReLU, hk.Linear) and the authors' models/byol/predictor.py. Both the projector and the
+    predictor are trained; the authors' optimiser never received the predictor's parameters (a bug, not
+    copied: docs/methods-cnn.md)."""
 
     def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256) -> None:
         super().__init__(
@@ -108,21 +112,18 @@ class BYOL(PretrainMethod):
         cfg = dict(ENGINE_DEFAULTS)
         cfg.update(
             {
-                # Gröger et al. Table 1
                 "backbone": "resnet50",
+                "init": "imagenet",
                 "optimizer": "adam",
                 "batch_size": 150,
                 "lr": 3e-3,
+                "lr_scaling": "linear256",
                 "lr_schedule": "cosine",
-                # Grill et al. use 1.5e-6 (with LARS); biases/norms excluded by param_groups
                 "weight_decay": 1.5e-6,
-                # target EMA: tau_base 0.996, cosine to 1 (Grill et al. sec. 3.2)
                 "momentum_teacher": 0.996,
-                # projector and predictor: 4096 hidden (BN, ReLU) -> 256 (Grill et al. sec. 3.3)
                 "proj_hidden_dim": 4096,
                 "proj_out_dim": 256,
                 "pred_hidden_dim": 4096,
-                # views: Grill et al. Table 6
                 "crop_scale_min": 0.08,
                 "jitter_brightness": 0.4,
                 "jitter_contrast": 0.4,
@@ -138,6 +139,34 @@ class BYOL(PretrainMethod):
             }
         )
         return cfg
+
+    _grill_views = "Grill et al. 2020 Table 6 (the authors' view options are in an unshipped config)"
+    default_sources = {
+        "backbone": "Gröger et al. Table 1 (ResNet-50)",
+        "init": "authors' code models/byol/model.py: torchvision resnet50(pretrained=True)",
+        "optimizer": "Gröger et al. Table 1 (Adam)",
+        "batch_size": "Gröger et al. Table 1 (150)",
+        "lr": "Gröger et al. Table 1 (3e-3)",
+        "lr_scaling": "authors' code trainers/byol_trainer.py: cosine_scheduler(lr * batch / 256)",
+        "lr_schedule": "Gröger et al. Table 1 (cosine)",
+        "weight_decay": "Grill et al. 2020 sec. 3.3 (1.5e-6; the authors' value is in an unshipped config)",
+        "momentum_teacher": "Grill et al. 2020 sec. 3.2: tau_base 0.996, cosine to 1 (authors' code: same schedule)",
+        "proj_hidden_dim": "Grill et al. 2020 sec. 3.3 / authors' code models/byol/model.py (4096)",
+        "proj_out_dim": "Grill et al. 2020 sec. 3.3 / authors' code models/byol/model.py (256)",
+        "pred_hidden_dim": "Grill et al. 2020 sec. 3.3 (predictor = projector's shape)",
+        "crop_scale_min": _grill_views,
+        "jitter_brightness": _grill_views,
+        "jitter_contrast": _grill_views,
+        "jitter_saturation": _grill_views,
+        "jitter_hue": _grill_views,
+        "p_jitter": _grill_views,
+        "p_gray": _grill_views,
+        "blur_p1": "Grill et al. 2020 Table 6 / authors' code augmentations/simclr.py (view 1: always)",
+        "blur_p2": "Grill et al. 2020 Table 6 / authors' code augmentations/simclr.py (view 2: 0.1)",
+        "solarize_p1": "Grill et al. 2020 Table 6 / authors' code augmentations/simclr.py (view 1: never)",
+        "solarize_p2": "Grill et al. 2020 Table 6 / authors' code augmentations/simclr.py (view 2: 0.2)",
+        "hflip_p": _grill_views,
+    }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)

@@ -289,6 +289,25 @@ def check_config(
             raise UsageError(f"config {key}: {v!r} is not a number in [0, 1]")
 
 
+def exported_vit(cfg: dict[str, Any], method: str, backbone: nn.Module) -> tuple[nn.Module, BackboneMeta]:
+    """A ViT backbone of DINO / iBOT and its export description (which network: `extra.export`)."""
+    meta = BackboneMeta(
+        timm_name=cfg["backbone"],
+        feature_rule=default_feature_rule(backbone),
+        input_size=cfg["image_size"],
+        extra={"method": method, "export": cfg["export"]},
+    )
+    return backbone, meta
+
+
+EXPORTS = ("teacher", "student")
+
+
+def check_export(cfg: dict[str, Any]) -> None:
+    if cfg.get("export") not in EXPORTS:
+        raise UsageError(f"config export: {cfg.get('export')!r} is not one of {', '.join(EXPORTS)}")
+
+
 # -- the method ---------------------------------------------------------------------------------------
 
 
@@ -341,8 +360,45 @@ class DINO(PretrainMethod):
             local_crops_number=8,  # official
             local_crops_scale=[0.05, 0.4],  # official
             local_crop_size=96,  # official
+            export="teacher",  # official eval_linear.py / eval_knn.py: --checkpoint_key teacher
         )
         return cfg
+
+    default_sources = {
+        "backbone": "Gröger et al. Table 1 (ViT-tiny/16)",
+        "init": "authors' code models/vit: vit_tiny built from scratch (random)",
+        "batch_size": "Gröger et al. Table 1 (56)",
+        "optimizer": "Gröger et al. Table 1 (AdamW)",
+        "lr": "Gröger et al. Table 1 (5e-4)",
+        "lr_scaling": "authors' code trainers/dino_trainer.py / official main_dino.py: lr * batch * world / 256",
+        "lr_schedule": "Gröger et al. Table 1 (cosine) / official main_dino.py",
+        "min_lr": "official main_dino.py (1e-6)",
+        "warmup_epochs": "official main_dino.py (10)",
+        "weight_decay": "official main_dino.py (0.04)",
+        "weight_decay_end": "official main_dino.py (0.4, cosine)",
+        "clip_grad": "official main_dino.py (3.0)",
+        "clip_mode": "official utils.clip_gradients (each parameter's gradient on its own)",
+        "momentum_teacher": "official main_dino.py (0.996, cosine to 1)",
+        "image_size": "Gröger et al. sec. 3 / official main_dino.py (global crops 224)",
+        "out_dim": "Caron et al. 2021 (65536 prototypes); 4096-8192 suit small data sets",
+        "hidden_dim": "official DINOHead (2048)",
+        "bottleneck_dim": "official DINOHead (256)",
+        "head_nlayers": "official DINOHead (3)",
+        "use_bn_in_head": "official main_dino.py (false for ViTs)",
+        "norm_last_layer": "official main_dino.py (true: weight-norm g fixed to 1)",
+        "student_temp": "official DINOLoss (0.1)",
+        "warmup_teacher_temp": "official main_dino.py (0.04)",
+        "teacher_temp": "official main_dino.py (0.04; 0.07 optional)",
+        "warmup_teacher_temp_epochs": "official main_dino.py (30 epochs; 0 for tiny runs)",
+        "center_momentum": "official DINOLoss (0.9)",
+        "freeze_last_layer": "official main_dino.py (last layer frozen during the first epoch)",
+        "drop_path_rate": "official main_dino.py (0.1, student only)",
+        "global_crops_scale": "official main_dino.py (0.4, 1)",
+        "local_crops_number": "official main_dino.py (8)",
+        "local_crops_scale": "official main_dino.py (0.05, 0.4)",
+        "local_crop_size": "official DataAugmentationDINO (96 px)",
+        "export": "official eval_linear.py / eval_knn.py evaluate the teacher (--checkpoint_key teacher)",
+    }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -373,6 +429,7 @@ class DINO(PretrainMethod):
             positives=("out_dim", "bottleneck_dim", "student_temp", "warmup_teacher_temp", "teacher_temp"),
             unit=("center_momentum", "drop_path_rate"),
         )
+        check_export(cfg)
         MultiCrop.from_config(cfg)
         resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
 
@@ -456,11 +513,7 @@ class DINO(PretrainMethod):
         return collapse_from_logs(epoch_logs, self.cfg["out_dim"])
 
     def export(self) -> tuple[nn.Module, BackboneMeta]:
-        backbone = self.student.backbone
-        meta = BackboneMeta(
-            timm_name=self.cfg["backbone"],
-            feature_rule=default_feature_rule(backbone),
-            input_size=self.cfg["image_size"],
-            extra={"method": self.name},
-        )
-        return backbone, meta
+        """The teacher's backbone (config `export`, default "teacher", as the official evaluation) or the
+        student's."""
+        net = self.teacher if self.cfg["export"] == "teacher" else self.student
+        return exported_vit(self.cfg, self.name, net.backbone)

@@ -27,9 +27,11 @@ from dermctl.methods.dino import (
     as_loss_float,
     cat_views,
     check_config,
+    check_export,
     collapse_from_logs,
     distribution_health,
     ema_center,
+    exported_vit,
     feature_dim_of,
     schedule_at_epoch,
     teacher_temp_schedule,
@@ -38,7 +40,7 @@ from dermctl.methods.dino import (
 from dermctl.methods.masking import BlockMaskGenerator
 from dermctl.methods.multicrop import MultiCrop
 from dermctl.methods.photometric import photometric_on_device, resolve_gpu_augment
-from dermctl.models.backbone import BackboneMeta, create_backbone, default_feature_rule, is_vit
+from dermctl.models.backbone import BackboneMeta, create_backbone, is_vit
 
 # -- backbone with a mask token -----------------------------------------------------------------------
 
@@ -327,6 +329,31 @@ class iBOT(DINO):  # noqa: N801
         )
         return cfg
 
+    default_sources = {
+        **DINO.default_sources,
+        "out_dim": "official main_ibot.py (8192)",
+        "patch_out_dim": "official main_ibot.py (8192; = out_dim when shared_head)",
+        "shared_head": "Zhou et al. 2022 main recipe / official ViT-S run (--shared_head true)",
+        "norm_last_layer": "official main_ibot.py default (true)",
+        "teacher_temp": "official main_ibot.py default (0.04)",
+        "warmup_teacher_patch_temp": "official main_ibot.py (0.04)",
+        "teacher_patch_temp": "official main_ibot.py (0.07)",
+        "center_momentum2": "official iBOTLoss (patch centre 0.9)",
+        "lambda1": "Zhou et al. 2022 / official main_ibot.py (1.0)",
+        "lambda2": "Zhou et al. 2022 / official main_ibot.py (1.0)",
+        "global_crops_number": "official main_ibot.py (2)",
+        "global_crops_scale": "official main_ibot.py (0.14, 1)",
+        "local_crops_number": "official iBOT ViT runs (--local_crops_number 10)",
+        "local_crops_scale": "official main_ibot.py (0.05, 0.4)",
+        "pred_shape": "Zhou et al. 2022 / official main_ibot.py (BEiT block-wise masks)",
+        "pred_ratio": "official ViT-S run (--pred_ratio 0 0.3 --pred_ratio_var 0 0.2: ratio ~ U[0.1, 0.5])",
+        "pred_ratio_var": "official ViT-S run (--pred_ratio_var 0 0.2)",
+        "mask_prob": "official main_ibot.py (0.5: half of the crops unmasked)",
+        "pred_aspect_ratio": "official main_ibot.py (0.3, 1/0.3)",
+        "pred_start_epoch": "official ViT runs (0)",
+        "export": "official iBOT evaluation uses the teacher (--checkpoint_key teacher)",
+    }
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)  # DINO's construction with iBOT's check, networks and loss
         self.mask_gen = BlockMaskGenerator(
@@ -366,6 +393,7 @@ class iBOT(DINO):  # noqa: N801
             ),
             unit=("center_momentum", "center_momentum2", "drop_path_rate", "mask_prob"),
         )
+        check_export(cfg)
         MultiCrop.from_config(cfg)
         resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")
         BlockMaskGenerator(
@@ -459,11 +487,6 @@ class iBOT(DINO):  # noqa: N801
         return collapse_from_logs(epoch_logs, self.cfg["out_dim"])
 
     def export(self) -> tuple[nn.Module, BackboneMeta]:
-        vit = self.student.backbone.vit
-        meta = BackboneMeta(
-            timm_name=self.cfg["backbone"],
-            feature_rule=default_feature_rule(vit),
-            input_size=self.cfg["image_size"],
-            extra={"method": self.name},
-        )
-        return vit, meta
+        """The teacher's ViT (config `export`, default "teacher", as the official evaluation) or the student's."""
+        net = self.teacher if self.cfg["export"] == "teacher" else self.student
+        return exported_vit(self.cfg, self.name, net.backbone.vit)

@@ -110,22 +110,46 @@ class NTXentLoss(nn.Module):
 
 
 class SimCLRProjectionHead(nn.Sequential):
-    """g(.) of Chen et al. 2020: Linear - BatchNorm - ReLU - Linear (SimCLR v1 code puts BN after the
-    hidden layer; 2048 -> 2048 -> 128 on ResNet-50)."""
+    """g(.) of Chen et al. 2020 as the official code builds it (google-research/simclr, `ProjectionHead`
+    with `proj_head_mode="nonlinear"`): Linear (no bias) - BatchNorm - ReLU, then Linear (no bias) -
+    BatchNorm without centre (`LinearLayer(use_bias=False, use_bn=True)`: BN with `center=False`, no ReLU).
+    2048 -> 2048 -> 128 on ResNet-50. lightly's `SimCLRProjectionHead` also ends with batch norm.
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
-        super().__init__(
+    The final BatchNorm matters: without it SimCLR learned about half as well on real images (issue 10;
+    `final_bn=False` gives dermctl 0.1.0's head, kept for comparison).
+
+    >>> head = SimCLRProjectionHead(2048)
+    >>> z = head(torch.randn(8, 2048))  # (8, 128)
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, final_bn: bool = True
+    ) -> None:
+        layers: list[nn.Module] = [
             nn.Linear(in_dim, hidden_dim, bias=False),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        ]
+        if final_bn:
+            layers += [nn.Linear(hidden_dim, out_dim, bias=False), uncentered_batch_norm(out_dim)]
+        else:
+            layers += [nn.Linear(hidden_dim, out_dim)]
+        super().__init__(*layers)
+
+
+def uncentered_batch_norm(num_features: int) -> nn.BatchNorm1d:
+    """BatchNorm1d with a learned scale but no shift (TF's `BatchNormalization(center=False)`): the shift is
+    frozen at zero (requires_grad False), so no optimiser sees it; a plain BatchNorm1d otherwise, so that
+    `sync_bn` converts it like every other."""
+    bn = nn.BatchNorm1d(num_features)
+    bn.bias.requires_grad_(False)
+    return bn
 
 
 class SimCLRTransform(ViewSet):
     """Two independent views per image (Chen et al. 2020, appendix A): random resized crop with scale
     (crop_scale_min, 1), horizontal flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale
-    p 0.2, Gaussian blur (sigma 0.1-2.0) with p 0.5, ImageNet normalisation. With `device_photometric`
+    p 0.2, Gaussian blur (sigma 0.1-2.0) with p `blur_p`, ImageNet normalisation. With `device_photometric`
     the views are uint8 crops + "views_photo" parameters, finished on the device (`augment_batch`)."""
 
     def __init__(
@@ -159,31 +183,50 @@ class SimCLR(PretrainMethod):
         cfg = dict(ENGINE_DEFAULTS)
         cfg.update(
             {
-                # Gröger et al. Table 1
                 "backbone": "resnet50",
+                "init": "imagenet",
                 "optimizer": "adam",
                 "batch_size": 160,
                 "lr": 3e-5,
+                "lr_scaling": "linear256",
                 "lr_schedule": "cosine",
-                # Chen et al. use 1e-6 (with LARS); kept with Adam, biases/norms excluded by param_groups
                 "weight_decay": 1e-6,
-                # NT-Xent temperature: Chen et al. report 0.1 best for large batches (0.5 for CIFAR-10)
                 "temperature": 0.1,
-                # projection head 2048 -> 2048 -> 128 on ResNet-50 (input dim from the backbone)
                 "proj_hidden_dim": 2048,
                 "proj_out_dim": 128,
-                # views: Chen et al. appendix A
+                "proj_final_bn": True,
                 "crop_scale_min": 0.08,
                 "color_strength": 1.0,
                 "p_jitter": 0.8,
                 "p_gray": 0.2,
-                "blur_p": 0.5,
+                "blur_p": 1.0,
                 "hflip_p": 0.5,
-                # negatives from all GPUs (Chen et al. aggregate over devices)
                 "gather_distributed": True,
             }
         )
         return cfg
+
+    default_sources = {
+        "backbone": "Gröger et al. Table 1 (ResNet-50)",
+        "init": "authors' code models/simclr/model.py: torchvision resnet50(pretrained=True)",
+        "optimizer": "Gröger et al. Table 1 (Adam)",
+        "batch_size": "Gröger et al. Table 1 (160)",
+        "lr": "Gröger et al. Table 1 (3e-5)",
+        "lr_scaling": "authors' code trainers/simclr_trainer.py: cosine_scheduler(lr * batch * world / 256)",
+        "lr_schedule": "Gröger et al. Table 1 (cosine)",
+        "weight_decay": "Chen et al. 2020 sec. B.9 (1e-6; the authors' value is in an unshipped config)",
+        "temperature": "Chen et al. 2020 (0.1 best at large batch; the authors' value is in an unshipped config)",
+        "proj_hidden_dim": "Chen et al. 2020 / authors' code models/simclr/model.py (hidden = feature dim 2048)",
+        "proj_out_dim": "Chen et al. 2020 (128)",
+        "proj_final_bn": "official SimCLR code ProjectionHead (BN on every layer; the authors' head has none)",
+        "crop_scale_min": "Chen et al. 2020 app. A / authors' code augmentations/simclr.py (0.08)",
+        "color_strength": "Chen et al. 2020 app. A / authors' code augmentations/simclr.py (s = 1)",
+        "p_jitter": "Chen et al. 2020 app. A / authors' code augmentations/simclr.py (0.8)",
+        "p_gray": "Chen et al. 2020 app. A / authors' code augmentations/simclr.py (0.2)",
+        "blur_p": "authors' code augmentations/simclr.py: GaussianBlur always applied (Chen et al.: 0.5)",
+        "hflip_p": "Chen et al. 2020 app. A / authors' code augmentations/simclr.py (0.5)",
+        "gather_distributed": "Chen et al. 2020 sec. 2: negatives from the global batch across devices",
+    }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -192,7 +235,7 @@ class SimCLR(PretrainMethod):
         self.backbone = create_backbone(cfg["backbone"], cfg["init"])
         in_dim = int(self.backbone.num_features)
         self.projection_head = SimCLRProjectionHead(
-            in_dim, int(cfg["proj_hidden_dim"]), int(cfg["proj_out_dim"])
+            in_dim, int(cfg["proj_hidden_dim"]), int(cfg["proj_out_dim"]), bool(cfg["proj_final_bn"])
         )
         self.criterion = NTXentLoss(float(cfg["temperature"]), bool(cfg["gather_distributed"]))
         resolve_gpu_augment(cfg.get("gpu_augment", "auto"), "cpu")

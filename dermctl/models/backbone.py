@@ -111,21 +111,9 @@ def create_backbone(
     kwargs.update(model_kwargs or {})
     init_s = str(init)
     pretrained = init_s != "random"
-    if pretrained and init_s != "imagenet":
-        path = Path(init_s).expanduser()
-        if not path.is_file():
-            raise DataError(f"--init: weights file {path} not found")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-    elif init_s == "imagenet":
-        cached = _cached_hub_weights(timm, name)
-        if cached is not None:
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(cached))
-        elif not _hub_reachable():
-            # Fail at once instead of waiting through the hub client's retries on an offline machine.
-            raise UnavailableError(
-                f"ImageNet weights for {name} are not in the local Hugging Face cache and the hub cannot be "
-                "reached (offline); download them elsewhere and pass the weights file instead"
-            )
+    weights = check_init(name, init_s)
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     try:
         model = _create(timm, name, pretrained, kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -138,6 +126,28 @@ def create_backbone(
             f"--init: cannot load weights {init_s} into {name}: {str(exc).splitlines()[0][:200]}"
         ) from exc
     return model
+
+
+def check_init(name: str, init: str | os.PathLike[str]) -> Path | None:
+    """Check, without building the model, that `init` can be had: the local weights file (returned) or
+    ImageNet weights in the Hugging Face cache (returned) or a reachable hub (None, fetched on creation).
+    Raises DataError (no such file) or UnavailableError (ImageNet weights offline) at once, instead of
+    waiting through the hub client's retries on an offline machine."""
+    init_s = str(init)
+    if init_s == "random":
+        return None
+    if init_s != "imagenet":
+        path = Path(init_s).expanduser()
+        if not path.is_file():
+            raise DataError(f"--init: weights file {path} not found")
+        return path
+    cached = _cached_hub_weights(_timm(), name)
+    if cached is None and not _hub_reachable():
+        raise UnavailableError(
+            f"ImageNet weights for {name} are not in the local Hugging Face cache and the hub cannot be "
+            "reached (offline); download them elsewhere and pass the weights file instead"
+        )
+    return cached
 
 
 def _cached_hub_weights(timm: Any, name: str) -> Path | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from dermctl.errors import DataError, UsageError
-from dermctl.methods.base import resolve_config
+from dermctl.methods.base import get_method, resolve_config
 from dermctl.train.clipping import CLIP_MODES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -148,16 +149,32 @@ def resume_differences(saved: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     )
 
 
-def to_toml(cfg: dict[str, Any]) -> str:
-    """A flat dict as TOML. None has no TOML spelling: such keys are written as comments (= default)."""
+def to_toml(cfg: dict[str, Any], comments: dict[str, str] | None = None) -> str:
+    """A flat dict as TOML. None has no TOML spelling: such keys are written as comments (= default).
+    `comments` adds a trailing comment to the keys it names (`--print-config`: each default's source)."""
     lines = []
     for key in sorted(cfg):
         value = cfg[key]
-        if value is None:
-            lines.append(f"# {key} = (unset)")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
+        line = f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}"
+        if comments and key in comments:
+            line += f"  # {comments[key]}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def source_comments(cfg: dict[str, Any]) -> dict[str, str]:
+    """Per key of a resolved config: the source of its default, or what it replaced when overridden."""
+    method = get_method(cfg["method"])
+    defaults, sources = method.defaults(), method.sources()
+    out = {}
+    for key, source in sources.items():
+        if key not in cfg:
+            continue
+        if json.dumps(cfg[key], default=str) == json.dumps(defaults.get(key), default=str):
+            out[key] = source
+        else:
+            out[key] = f"overridden; default {json.dumps(defaults.get(key), default=str)}: {source}"
+    return out
 
 
 def _toml_value(value: Any) -> str:
@@ -176,3 +193,33 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise UsageError(f"config value {value!r} of type {type(value).__name__} cannot be written as TOML")
+
+
+# -- the per-method defaults tables of docs/methods-*.md ------------------------------------------------
+
+DOCS_TABLE = re.compile(r"(<!-- defaults:(\w+) -->\n).*?(<!-- /defaults -->)", re.S)
+
+
+def defaults_table(method: str) -> str:
+    """Markdown table of every default of `method` and its source (generated into docs/methods-*.md)."""
+    cls = get_method(method)
+    defaults, sources = cls.defaults(), cls.sources()
+    own = set(cls.default_sources)
+    rows = ["| key | default | source |", "| --- | --- | --- |"]
+    for key in sorted(defaults, key=lambda k: (k not in own, k)):  # the method's own keys first
+        value = "(unset)" if defaults[key] is None else _toml_value(defaults[key])
+        rows.append(f"| `{key}` | `{value}` | {sources.get(key, '')} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_defaults_docs(text: str) -> str:
+    """`text` with every `<!-- defaults:NAME -->...<!-- /defaults -->` block regenerated."""
+    return DOCS_TABLE.sub(lambda m: m.group(1) + defaults_table(m.group(2)) + m.group(3), text)
+
+
+if __name__ == "__main__":  # python -m dermctl.train.config docs/methods-cnn.md docs/methods-vit.md
+    import sys
+
+    for name in sys.argv[1:]:
+        doc = Path(name)
+        doc.write_text(render_defaults_docs(doc.read_text(encoding="utf-8")), encoding="utf-8")

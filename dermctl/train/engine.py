@@ -43,7 +43,7 @@ from dermctl.errors import (
     UsageError,
 )
 from dermctl.methods.base import PretrainMethod, StepContext, get_method
-from dermctl.models.backbone import check_backbone_name, export_backbone
+from dermctl.models.backbone import check_backbone_name, check_init, export_backbone
 from dermctl.provenance import provenance
 from dermctl.train.checkpoint import load_checkpoint, save_checkpoint
 from dermctl.train.clipping import clip_gradients
@@ -711,6 +711,21 @@ def _as_progress(progress: Any) -> Callable[[StepUpdate], None] | None:
     return update
 
 
+@contextlib.contextmanager
+def _offline_hint(cfg: dict[str, Any]) -> Iterator[None]:
+    """Without the ImageNet weights of `init = "imagenet"` (the study's default for ColorMe, SimCLR and
+    BYOL), one line saying how to go on offline."""
+    try:
+        yield
+    except UnavailableError as exc:
+        if cfg["init"] != "imagenet":
+            raise
+        raise UnavailableError(
+            f"--init imagenet (the {cfg['method']} default, as in the study): {exc.message}; pass --init random "
+            "to train from scratch, or --init PATH with a local weights file"
+        ) from exc
+
+
 def pretrain(
     cfg: dict[str, Any],
     data: list[Path],
@@ -774,6 +789,8 @@ def pretrain(
         data, workspace, exclude=exclude, allow_task_images=allow_task_images, seed=cfg["seed"]
     )
     check_files(pdata.train + pdata.val)
+    with _offline_hint(cfg):
+        check_init(cfg["backbone"], cfg["init"])  # at once, not after the hub client's retries
     if pdata.skipped_task_manifests:
         say(f"skipped {len(pdata.skipped_task_manifests)} task manifest(s) found in --data folders")
     say(
@@ -806,7 +823,8 @@ def pretrain(
     tr.monitor = monitor
     tr.workers = resolve_num_workers(cfg["num_workers"])
     tr.batch_size = batch_size
-    tr.method = method_cls(cfg)
+    with _offline_hint(cfg):
+        tr.method = method_cls(cfg)
     if sync_bn:
         convert_sync_batchnorm(tr.method, dev)
     tr.method.to(dev)
