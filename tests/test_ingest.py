@@ -12,11 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.fft import idctn
+from typer.testing import CliRunner
 
 import dermctl.data.ingest as ingest_mod
+from dermctl.cli.app import app
 from dermctl.data.adapters import get_adapter
 from dermctl.data.adapters.base import AdapterOptions
 from dermctl.data.demo import generate_demo, generate_unlabelled
+from dermctl.data.hashing import hamming, near_duplicate_pairs, phash
 from dermctl.data.ingest import IngestOptions, run_ingest
 from dermctl.data.manifest import COLUMNS, read_manifest
 from dermctl.errors import ConflictError, DataError, UsageError
@@ -382,7 +386,8 @@ def test_isic_archive_excludes_ham10000_copies(tmp_path: Path, ws: Workspace) ->
     """Published-layout fakes (tests/fakes.py): the archive keeps none of HAM10000, even re-encoded."""
     from fakes import make_ham10000, make_isic_archive
 
-    ham = make_ham10000(tmp_path / "ham", corrupt=True)
+    # 21 lesions (3 per class): with 14 the two broken files left akiec one lesion, rightly refused
+    ham = make_ham10000(tmp_path / "ham", n_lesions=21, corrupt=True)
     s = run_ingest("ham10000", ham.root, ws, IngestOptions(workers=2))
     rows = read_manifest(s.manifest_path).rows
     assert {r.image_id for r in rows if r.split == "test"} == ham.test_ids
@@ -397,3 +402,224 @@ def test_isic_archive_excludes_ham10000_copies(tmp_path: Path, ws: Workspace) ->
     assert len(kept) == 6 and s.excluded["overlap"] == 4
     by = sorted(o["by"] for o in read_json(s.report_path)["overlap"])
     assert by == ["near-duplicate", "near-duplicate", "sha256", "sha256"]
+
+
+# --------------------------------------------------------------------------------------------- chains, tiny classes
+
+
+def _balanced_hash(rng: np.random.Generator) -> int:
+    """A random 64-bit pHash as `phash` can produce it: the DC bit set and 32 of the 64 bits in all."""
+    ones = rng.choice(np.arange(1, 64), size=31, replace=False)
+    return (1 << 63) | sum(1 << (63 - int(k)) for k in ones)
+
+
+def _flip_pairs(h: int, rng: np.random.Generator, pairs: int, used: set[int]) -> int:
+    """Flip `pairs` set bits and as many clear ones (never the DC bit nor one in `used`): distance 2*pairs."""
+    ones = [k for k in range(1, 64) if (h >> (63 - k)) & 1 and k not in used]
+    zeros = [k for k in range(1, 64) if not (h >> (63 - k)) & 1 and k not in used]
+    for k in [*rng.choice(ones, pairs, replace=False), *rng.choice(zeros, pairs, replace=False)]:
+        h ^= 1 << (63 - int(k))
+        used.add(int(k))
+    return h
+
+
+def _hash_image(bits: int, path: Path, amplitude: float = 60.0) -> Path:
+    """A 32x32 grey PNG whose pHash is exactly `bits`, built in the DCT domain.
+
+    The 8x8 low-frequency coefficients `phash` reads are +-amplitude by bit, the DC term is the mean
+    brightness (always the largest, bit 63), so with 32 bits set the median lies between the signs.
+    """
+    coeffs = np.zeros((32, 32))
+    for k in range(64):
+        coeffs[divmod(k, 8)] = amplitude if (bits >> (63 - k)) & 1 else -amplitude
+    coeffs[0, 0] = 128 * 32  # mean 128 under the orthonormal DCT
+    grey = np.clip(np.rint(idctn(coeffs, norm="ortho")), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2)).save(path)
+    return path
+
+
+def _file_phash(path: Path) -> str:
+    with Image.open(path) as im:
+        return phash(im.convert("RGB"))
+
+
+def _plain_classes(
+    root: Path, rng: np.random.Generator, names: tuple[str, ...] = ("plain_a", "plain_b")
+) -> None:
+    for name in names:
+        for i in range(8):
+            _hash_image(_balanced_hash(rng), root / name / f"{name}_{i:02d}.png")
+
+
+def _chain_set(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    """root/chain/: n photos whose pHash differs by 4 bits (the default threshold) from the next, the
+    bits never flipped back, so image i and j are 4*|i-j| apart; plus two classes of unrelated photos."""
+    rng = np.random.default_rng(seed)
+    h, used = _balanced_hash(rng), set()
+    chain = []
+    for i in range(n):
+        chain.append(_hash_image(h, root / "chain" / f"c{i:02d}.png"))
+        h = _flip_pairs(h, rng, 2, used)
+    _plain_classes(root, rng)
+    return chain
+
+
+def _groups(rows: list) -> dict[str, list]:  # type: ignore[type-arg]
+    out: dict[str, list] = defaultdict(list)  # type: ignore[type-arg]
+    for r in rows:
+        if r.group:
+            out[r.group].append(r)
+    return out
+
+
+def test_near_duplicate_chain_is_not_one_group(ws: Workspace, tmp_path: Path) -> None:
+    chain = _chain_set(tmp_path / "set")
+    hashes = [_file_phash(p) for p in chain]
+    # The chain property, on the files themselves: each within the threshold of the next, ends far apart,
+    # so linking every near pair (the old rule) made the whole class one group.
+    assert [hamming(a, b) for a, b in zip(hashes[:-1], hashes[1:], strict=True)] == [4] * (len(chain) - 1)
+    assert hamming(hashes[0], hashes[-1]) == 4 * (len(chain) - 1)
+    assert len(near_duplicate_pairs(hashes, None, 4)) == len(chain) - 1
+    s = run_ingest("folder", tmp_path / "set", ws, IngestOptions(workers=1, name="chain"))
+    rows = read_manifest(s.manifest_path).rows
+    assert {r.split for r in rows if r.label == "chain"} == {"train", "val", "test"}
+    groups = _groups(rows)
+    assert groups, "near duplicates must still be grouped"
+    for members in groups.values():
+        # every member within the threshold of one representative: no chain inside a group
+        assert any(all(hamming(rep.phash, m.phash) <= 4 for m in members) for rep in members), members
+        assert len({m.split for m in members}) == 1
+    # the report says which near pairs ended in different groups
+    report = read_json(s.report_path)
+    group_of = {r.path: r.group for r in rows}
+    pairs = report["near_duplicates"]
+    assert len(pairs) == len(chain) - 1
+    for p in pairs:
+        assert p["same_group"] == (bool(group_of[p["a"]]) and group_of[p["a"]] == group_of[p["b"]])
+    apart = sum(1 for p in pairs if not p["same_group"])
+    assert apart > 0 and s.near_duplicate_pairs_apart == apart and s.near_duplicate_pairs == len(chain) - 1
+    assert {e["path"] for e in report["regrouped"]} == {r.path for r in rows if r.group}
+
+
+def test_near_duplicate_groups_do_not_depend_on_file_names(tmp_path: Path) -> None:
+    chain = _chain_set(tmp_path / "a", n=11, seed=1)  # odd: leaders taken in name order would differ
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "plain_a", tmp_path / "b" / "plain_a")
+    shutil.copytree(tmp_path / "a" / "plain_b", tmp_path / "b" / "plain_b")
+    (tmp_path / "b" / "chain").mkdir()
+    for i, p in enumerate(chain):  # the same photos under names that list them in the reverse order
+        shutil.copy(p, tmp_path / "b" / "chain" / f"x{99 - i}.png")
+
+    def partition(folder: str) -> set[frozenset[str]]:
+        s = run_ingest(
+            "folder", tmp_path / folder, Workspace.at(tmp_path / f"ws-{folder}"), IngestOptions(workers=1)
+        )
+        return {frozenset(r.sha256 for r in g) for g in _groups(read_manifest(s.manifest_path).rows).values()}
+
+    a = partition("a")
+    assert a and a == partition("b")
+
+
+def _copies_set(root: Path, n: int = 5, seed: int = 0) -> None:
+    """root/copies/: n near copies of one photo (each 2 bits from it); plus two classes of other photos."""
+    rng = np.random.default_rng(seed)
+    base, used = _balanced_hash(rng), set()
+    _hash_image(base, root / "copies" / "copy_00.png")
+    for i in range(1, n):
+        _hash_image(_flip_pairs(base, rng, 1, used), root / "copies" / f"copy_{i:02d}.png")
+    _plain_classes(root, rng)
+
+
+def test_cli_refuses_a_class_that_cannot_be_split(tmp_path: Path) -> None:
+    _copies_set(tmp_path / "set")
+    work = tmp_path / "W"
+    runner = CliRunner()
+    args = ["-C", str(work), "ingest", "--dataset", "folder", "--root", str(tmp_path / "set")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    line = lines[0]
+    assert "class 'copies' would have no image in val and test" in line
+    assert "5 images form 1 group" in line and "merged 5 groups into 1" in line
+    assert "lower --near-dup-distance" in line and "--val-fraction 0 --test-fraction 0" in line
+    assert not list((work / "manifests").glob("*.csv")) and not list(
+        (work / "manifests").glob("*.report.json")
+    )
+    # the fix it names works: these copies are then five groups, spread over every split
+    result = runner.invoke(app, [*args, "--near-dup-distance", "0"])
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(work / "manifests" / "set.csv").rows
+    assert {r.split for r in rows if r.label == "copies"} == {"train", "val", "test"}
+
+
+def _table_set(root: Path, rare: list[tuple[str, str]], n_common: int = 10) -> Path:
+    """root/metadata.csv: class 'common' (n_common photos, one group each) and 'rare' ((group, split) each)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n_common):
+        _hash_image(_balanced_hash(rng), root / f"common_{i:02d}.png")
+        rows.append([f"common_{i:02d}.png", "common", f"P{i}", ""])
+    for i, (group, split) in enumerate(rare):
+        _hash_image(_balanced_hash(rng), root / f"rare_{i:02d}.png")
+        rows.append([f"rare_{i:02d}.png", "rare", group, split])
+    return _write_csv(root / "metadata.csv", ["path", "label", "group", "split"], rows)
+
+
+def test_class_of_one_lesion_is_refused(ws: Workspace, tmp_path: Path) -> None:
+    _table_set(tmp_path / "t", [("L1", ""), ("L1", ""), ("L1", "")])
+    with pytest.raises(UsageError) as err:
+        run_ingest("csv", tmp_path / "t", ws, IngestOptions(workers=1))
+    msg = err.value.message
+    assert "class 'rare' would have no image in val and test: its 3 images form 1 group" in msg
+    assert "share the data set's group 'L1'" in msg and "drop the class" in msg
+    assert "--val-fraction 0 --test-fraction 0" in msg and "--near-dup-distance" not in msg
+    assert "\n" not in msg
+    assert not list(ws.manifests.glob("*.csv")) and not list(ws.manifests.glob("*.report.json"))
+    # without val and test nothing is asked of the class
+    s = run_ingest("csv", tmp_path / "t", ws, IngestOptions(workers=1, val_fraction=0.0, test_fraction=0.0))
+    assert {r.split for r in read_manifest(s.manifest_path).rows} == {"train"}
+
+
+def test_class_of_one_image_is_refused(ws: Workspace, tmp_path: Path) -> None:
+    _table_set(tmp_path / "t", [("", "")])
+    with pytest.raises(
+        UsageError,
+        match=r"class 'rare' would have no image in val and test: it has 1 image "
+        r"and train/val/test need at least 3; fix: drop the class or merge it into another",
+    ):
+        run_ingest("csv", tmp_path / "t", ws, IngestOptions(workers=1))
+    # two photos in two groups are enough for two splits: train and test when no val is asked for
+    _table_set(tmp_path / "u", [("", ""), ("", "")])
+    with pytest.raises(
+        UsageError,
+        match=r"class 'rare' would have no image in (val|test): its 2 images form 2 groups and "
+        r"train/val/test need 3 groups .*, or pass --val-fraction 0 or --test-fraction 0$",
+    ):
+        run_ingest("csv", tmp_path / "u", ws, IngestOptions(workers=1))
+    s = run_ingest("csv", tmp_path / "u", ws, IngestOptions(workers=1, val_fraction=0.0))
+    assert {r.split for r in read_manifest(s.manifest_path).rows if r.label == "rare"} == {"train", "test"}
+
+
+def test_publisher_test_set_is_not_checked_only_what_the_split_draws(ws: Workspace, tmp_path: Path) -> None:
+    # 'rare' has a published test photo and one other: the split can give it train but not val too
+    _table_set(tmp_path / "t", [("", "test"), ("", "")])
+    with pytest.raises(
+        UsageError,
+        match=r"class 'rare' would have no image in val: it has 1 image and "
+        r"train/val need at least 2; fix: drop the class or merge it into another, or pass --val-fraction 0$",
+    ):
+        run_ingest("csv", tmp_path / "t", ws, IngestOptions(workers=1))
+    s = run_ingest("csv", tmp_path / "t", ws, IngestOptions(workers=1, val_fraction=0.0))
+    rare = {Path(r.path).name: r.split for r in read_manifest(s.manifest_path).rows if r.label == "rare"}
+    assert rare == {"rare_00.png": "test", "rare_01.png": "train"}
+    # a class found only in the published test set asks nothing of the split
+    _table_set(tmp_path / "u", [("", "test")])
+    assert run_ingest("csv", tmp_path / "u", ws, IngestOptions(workers=1, name="u")).rows == 11
+
+
+def test_corpus_of_near_copies_is_not_refused(ws: Workspace, tmp_path: Path) -> None:
+    _copies_set(tmp_path / "set")
+    s = run_ingest("folder", tmp_path / "set", ws, IngestOptions(workers=1, unlabelled=True))
+    assert s.role == "corpus" and s.rows == 21

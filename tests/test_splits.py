@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from dermctl.data.splits import assign_splits
+from dermctl.data.splits import Shortfall, assign_splits, requested_splits, split_shortfalls
 from dermctl.errors import UsageError
 
 
@@ -100,3 +100,87 @@ def test_unlabelled_corpus_gets_val_only() -> None:
 def test_bad_fraction_is_usage_error() -> None:
     with pytest.raises(UsageError, match="--test-fraction"):
         assign_splits(["a"], [""], ["k"], test_fraction=1.5)
+
+
+def _tiny_classes() -> tuple[list[str], list[str], list[str]]:
+    """'common' (60 images, own groups) and classes too small for three splits, and one just big enough."""
+    rows = [("common", f"c{i}") for i in range(60)]
+    rows += [("one", "")]  # a single image
+    rows += [("pair", "p1"), ("pair", "p2")]  # two groups
+    rows += [("lesion", "L")] * 4  # four images of one lesion
+    rows += [("three", "t1"), ("three", "t2"), ("three", "t3"), ("three", "t3")]
+    labels = [lab for lab, _ in rows]
+    groups = [g for _, g in rows]
+    return labels, groups, [f"k{i:03d}" for i in range(len(rows))]
+
+
+def test_shortfalls_name_every_class_with_fewer_groups_than_splits() -> None:
+    labels, groups, keys = _tiny_classes()
+    for seed in range(10):
+        splits = assign_splits(labels, groups, keys, seed=seed)
+        short = {s.label: s for s in split_shortfalls(labels, groups, keys, splits)}
+        assert sorted(short) == ["lesion", "one", "pair"], seed
+        assert (short["one"].images, short["one"].groups) == (1, 1)
+        assert (short["pair"].images, short["pair"].groups) == (2, 2)
+        assert (short["lesion"].images, short["lesion"].groups) == (4, 1)
+        assert short["one"].missing == ("val", "test") and short["lesion"].missing == ("val", "test")
+        assert len(short["pair"].missing) == 1 and short["pair"].requested == ("train", "val", "test")
+        for s in short.values():  # what it reports is what the split did
+            placed = {sp for sp, lab in zip(splits, labels, strict=True) if lab == s.label}
+            assert placed.isdisjoint(s.missing) and placed | set(s.missing) == {"train", "val", "test"}
+
+
+def test_a_class_with_as_many_groups_as_splits_is_never_short() -> None:
+    # The guarantee the refusal rests on: only classes with too few groups are refused, and those always.
+    refused = placed = 0
+    for seed in range(20):
+        rnd = random.Random(seed)
+        labels, groups = [], []
+        for c in range(12):  # small classes of 1-6 groups of 1-3 images, one class per group
+            for g in range(rnd.randint(1, 6)):
+                for _ in range(rnd.randint(1, 3)):
+                    labels.append(f"c{c}")
+                    groups.append(f"c{c}g{g}")
+        keys = [f"k{i:03d}" for i in range(len(labels))]
+        for test_fraction, val_fraction in ((0.2, 0.15), (0.3, 0.0), (0.0, 0.1), (0.05, 0.05)):
+            kw = {"test_fraction": test_fraction, "val_fraction": val_fraction}
+            splits = assign_splits(labels, groups, keys, seed=seed, **kw)
+            short = {s.label for s in split_shortfalls(labels, groups, keys, splits, **kw)}
+            needed = len(requested_splits(False, with_test=True, **kw))
+            for c in set(labels):
+                n_groups = len({g for g, lab in zip(groups, labels, strict=True) if lab == c})
+                assert (c in short) == (n_groups < needed), (seed, kw, c)
+                refused += c in short
+                placed += c not in short
+    assert refused > 50 and placed > 50
+
+
+def test_shortfalls_follow_the_splits_asked_for() -> None:
+    labels, groups, keys = _tiny_classes()
+    # only train asked for: nothing can be missing
+    splits = assign_splits(labels, groups, keys, test_fraction=0.0, val_fraction=0.0)
+    assert split_shortfalls(labels, groups, keys, splits, test_fraction=0.0, val_fraction=0.0) == []
+    # train/val: two groups are enough
+    splits = assign_splits(labels, groups, keys, test_fraction=0.0)
+    short = split_shortfalls(labels, groups, keys, splits, test_fraction=0.0)
+    assert [(s.label, s.missing, s.requested) for s in short] == [
+        ("lesion", ("val",), ("train", "val")),
+        ("one", ("val",), ("train", "val")),
+    ]
+    # an unlabelled corpus has no classes to lose
+    n = 50
+    corpus = assign_splits([""] * n, [""] * n, [f"k{i}" for i in range(n)], with_test=False)
+    assert split_shortfalls([""] * n, [""] * n, [f"k{i}" for i in range(n)], corpus, with_test=False) == []
+
+
+def test_shortfalls_leave_the_publishers_test_set_alone() -> None:
+    labels = ["common"] * 20 + ["only_test", "only_test", "rare", "rare"]
+    groups = [f"g{i}" for i in range(20)] + ["", "", "r", ""]
+    keys = [f"k{i:02d}" for i in range(len(labels))]
+    fixed = [""] * 20 + ["test", "test", "test", ""]
+    splits = assign_splits(labels, groups, keys, fixed)
+    assert requested_splits(True, test_fraction=0.2, val_fraction=0.15, with_test=True) == ("train", "val")
+    # 'only_test' is all in the published test set; 'rare' has one image outside it: no val for it
+    assert split_shortfalls(labels, groups, keys, splits, fixed) == [
+        Shortfall("rare", images=1, groups=1, missing=("val",), requested=("train", "val"))
+    ]

@@ -170,6 +170,7 @@ def _render(summary: IngestSummary) -> None:
     out_console.print(table)
     dropped = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.excluded.items() if v)
     out_console.print(
-        f"excluded: {dropped or 'none'}; near-duplicate pairs (grouped): {summary.near_duplicate_pairs}"
+        f"excluded: {dropped or 'none'}; near-duplicate pairs: {summary.near_duplicate_pairs} "
+        f"({summary.near_duplicate_pairs_apart} in different groups: see the ingest report)"
     )
     out_console.print(f"manifest {summary.status}: {summary.manifest_path}")

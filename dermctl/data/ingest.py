@@ -12,8 +12,10 @@ archive used for pretraining must not contain the downstream test images, even r
    a conflict and all are dropped;
 5. `--exclude` manifests: images sharing a sha256 or published image_id with them, or within
    `near_dup_distance` pHash bits of one of theirs, are dropped;
-6. near duplicates inside the set are kept but put into one group, so they never straddle splits;
-7. grouped, stratified, seeded splits (`dermctl.data.splits`);
+6. near duplicates inside the set are kept but put into one group with their cluster's leader (leader
+   clustering, no chains: see `_group_near_duplicates`), so a copy never straddles splits;
+7. grouped, stratified, seeded splits (`dermctl.data.splits`); a labelled class that the split cannot
+   place in every requested split (too few images or groups) is refused with one line, nothing written;
 8. `manifests/<name>.csv` and `manifests/<name>.report.json` are written atomically; an existing manifest
    whose content would change is not replaced without `force`.
 """
@@ -35,7 +37,7 @@ from dermctl.data.hashing import near_duplicate_pairs
 from dermctl.data.hashing import phash as compute_phash
 from dermctl.data.images import ImageCheck, decode_checked
 from dermctl.data.manifest import COLUMNS, ROLES, Manifest, Row, find_task, read_manifest, to_csv_text
-from dermctl.data.splits import assign_splits
+from dermctl.data.splits import assign_splits, split_shortfalls
 from dermctl.errors import ConflictError, DataError, UsageError
 from dermctl.provenance import provenance, sha256_bytes
 from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text
@@ -114,7 +116,8 @@ class IngestSummary:
     rows: int
     counts: dict[str, dict[str, int]]
     excluded: dict[str, int]
-    near_duplicate_pairs: int
+    near_duplicate_pairs: int  # all pairs within --near-dup-distance
+    near_duplicate_pairs_apart: int = 0  # of those, pairs left in different groups (no common leader)
     report: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class IngestSummary:
             "counts": self.counts,
             "excluded": self.excluded,
             "near_duplicate_pairs": self.near_duplicate_pairs,
+            "near_duplicate_pairs_apart": self.near_duplicate_pairs_apart,
         }
 
 
@@ -332,6 +336,7 @@ def run_ingest(
     items.sort(key=lambda it: str(it.path))
     items, duplicates, conflicts = _collapse_duplicates(items)
     items, overlap = _drop_overlap(items, excluded_manifests, examined, options.near_dup_distance)
+    key_groups = [it.group for it in items]
     regrouped, near_pairs = _group_near_duplicates(items, options.near_dup_distance)
 
     if not items:
@@ -350,6 +355,11 @@ def run_ingest(
         seed=options.seed,
         with_test=with_test,
     )
+    try:
+        _check_every_class_is_split(items, splits, key_groups, options, with_test)
+    except UsageError:
+        cache.save()  # the hashes stay valid: a re-run with other options decodes nothing again
+        raise
     manifest = _build_manifest(name, dataset, role, items, splits)
     text = to_csv_text(manifest)
 
@@ -407,7 +417,13 @@ def run_ingest(
         "label_conflicts": conflicts,
         "overlap": overlap,
         "near_duplicates": [
-            {"a": str(items[i].path), "b": str(items[j].path), "distance": d} for i, j, d in near_pairs
+            {
+                "a": str(items[i].path),
+                "b": str(items[j].path),
+                "distance": d,
+                "same_group": bool(items[i].group) and items[i].group == items[j].group,
+            }
+            for i, j, d in near_pairs
         ],
         "regrouped": regrouped,
         "notes": list(result.notes),
@@ -430,6 +446,7 @@ def run_ingest(
         counts=counts,
         excluded=excluded_counts,
         near_duplicate_pairs=len(near_pairs),
+        near_duplicate_pairs_apart=sum(1 for p in report["near_duplicates"] if not p["same_group"]),
         report=report,
     )
 
@@ -568,7 +585,18 @@ def _drop_overlap(
 def _group_near_duplicates(
     items: list[_Item], max_distance: int
 ) -> tuple[list[dict[str, str]], list[tuple[int, int, int]]]:
-    """Near duplicates and rows sharing a group form one connected group; rename groups that merged."""
+    """Put near duplicates into one group without chaining; rename the groups that merged.
+
+    Returns (regrouped rows, all near-duplicate pairs). "Near duplicate" (pHash within `max_distance`)
+    is not transitive: photos of one class that each differ a little from the next form a chain whose ends
+    are unrelated, and linking every pair (connected components) turned such a class into one group.
+    So the links are drawn by leader clustering: images are visited by decreasing number of near
+    duplicates (ties: smaller sha256, so neither file names nor listing order matter); an image not yet
+    clustered leads a new cluster and takes every not-yet-clustered image within `max_distance` of it.
+    Every cluster member is thus within the threshold of its leader, and two clusters are never joined by
+    a pHash link. Rows sharing the data set's own group (lesion, patient, case) stay together as before,
+    and a cluster that touches such a group joins it: a re-encoded copy must follow its original.
+    """
     pairs = near_duplicate_pairs([it.phash for it in items], None, max_distance)
     parent = list(range(len(items)))
 
@@ -587,8 +615,8 @@ def _group_near_duplicates(
     for i, it in enumerate(items):
         if it.group:
             union(first_of_group.setdefault(it.group, i), i)
-    for i, j, _d in pairs:
-        union(i, j)
+    for member, leader in enumerate(_near_duplicate_leaders(items, pairs)):
+        union(member, leader)
     components: dict[int, list[int]] = defaultdict(list)
     for i in range(len(items)):
         components[find(i)].append(i)
@@ -604,6 +632,113 @@ def _group_near_duplicates(
                 regrouped.append({"path": str(items[i].path), "from": items[i].group, "to": new})
                 items[i].group = new
     return regrouped, pairs
+
+
+def _near_duplicate_leaders(items: list[_Item], pairs: list[tuple[int, int, int]]) -> list[int]:
+    """Leader clustering over the near-duplicate pairs: the index of each image's cluster leader."""
+    neighbours: list[list[int]] = [[] for _ in items]
+    for i, j, _d in pairs:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    # Most-connected first, so an original with several re-encoded copies leads them all.
+    order = sorted(range(len(items)), key=lambda i: (-len(neighbours[i]), items[i].check.sha256))
+    leader = [-1] * len(items)
+    for i in order:
+        if leader[i] >= 0:
+            continue
+        leader[i] = i
+        for j in neighbours[i]:
+            if leader[j] < 0:
+                leader[j] = i
+    return leader
+
+
+def _check_every_class_is_split(
+    items: list[_Item], splits: list[str], key_groups: list[str], options: IngestOptions, with_test: bool
+) -> None:
+    """Refuse a split that leaves a class out of a split it was asked for, in one line naming the fix.
+
+    key_groups: each item's group before near-duplicate merging (the data set's own key, or ""), to
+    tell whether --near-dup-distance cost the class its groups or the class itself is too small.
+    """
+    labels = [it.record.label for it in items]
+    keys = [str(it.path) for it in items]
+    fixed = [it.record.split for it in items]
+    shortfalls = split_shortfalls(
+        labels,
+        [it.group for it in items],
+        keys,
+        splits,
+        fixed,
+        test_fraction=options.test_fraction,
+        val_fraction=options.val_fraction,
+        with_test=with_test,
+    )
+    if not shortfalls:
+        return
+    first = shortfalls[0]
+    has_fixed_test = any(f == "test" for f in fixed)
+    rows = [
+        i
+        for i, it in enumerate(items)
+        if it.record.label == first.label and not (has_fixed_test and splits[i] == "test")
+    ]
+    groups_by_key = len({key_groups[i] or f"r:{keys[i]}" for i in rows})
+    needed = len(first.requested)
+    where = "/".join(first.requested)
+    plural = "s" if first.groups != 1 else ""
+    if first.images == 1:
+        size = f"it has 1 image and {where} need at least {needed}"
+    elif first.groups < needed:
+        size = f"its {first.images} images form {first.groups} group{plural} and {where} need {needed} groups"
+    else:  # enough groups, but they vote for other classes (mixed labels go with their majority)
+        size = f"its {first.images} images lie in {first.groups} groups whose majority is another class"
+    if groups_by_key > first.groups:
+        cause = (
+            f" (near duplicates within --near-dup-distance {options.near_dup_distance} merged "
+            f"{groups_by_key} groups into {first.groups}; a group never straddles splits)"
+        )
+        # Only offered when it is enough: with the data set's groups alone the class could be split.
+        fix = (
+            "lower --near-dup-distance (0: identical hashes only) if these are distinct photos, or "
+            if groups_by_key >= needed
+            else ""
+        )
+    else:
+        shared = sorted({key_groups[i] for i in rows})
+        one_key = first.images > 1 and len(shared) == 1 and shared[0]
+        cause = (
+            f" (all share the data set's group {shared[0]!r}; a group never straddles splits)"
+            if one_key
+            else " (a group never straddles splits)"
+            if first.images > 1
+            else ""
+        )
+        fix = ""
+    # Fewer splits also work: as many as the class has groups (the whole data set loses them, though).
+    optional = [s for s in first.requested if s != "train"]
+    if first.groups >= needed:
+        zero = " ".join(f"--{s}-fraction 0" for s in first.missing if s != "train")
+    elif needed - first.groups >= len(optional):
+        zero = " ".join(f"--{s}-fraction 0" for s in optional)
+    else:
+        zero = " or ".join(f"--{s}-fraction 0" for s in optional)
+    fix += "drop the class or merge it into another" + (f", or pass {zero}" if zero else "")
+    others = ""
+    if len(shortfalls) > 1:
+        named = ", ".join(
+            f"{s.label!r} ({_count(s.images, 'image')}, {_count(s.groups, 'group')})" for s in shortfalls[1:4]
+        )
+        more = f" and {len(shortfalls) - 4} more" if len(shortfalls) > 4 else ""
+        others = f"; also too small: {named}{more}"
+    missing = " and ".join(first.missing)
+    raise UsageError(
+        f"class {first.label!r} would have no image in {missing}: {size}{cause}; fix: {fix}{others}"
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _build_manifest(name: str, dataset: str, role: str, items: list[_Item], splits: list[str]) -> Manifest:

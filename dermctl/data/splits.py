@@ -14,6 +14,9 @@ Rules (the same for every data set):
 * Unlabelled corpora (`with_test=False`): only a small random val split for early stopping; no test split
   is made, but a publisher's fixed test set (derm7pt's test_indexes) is kept as test.
 * Deterministic: the same rows, labels, groups and seed give the same split, whatever the row order.
+
+`split_shortfalls` says which classes the split could not place in every split that was asked for (a class
+with fewer groups than splits cannot be); ingest refuses such a split instead of writing it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dermctl.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A class that has no image in a split that was asked for (see `split_shortfalls`)."""
+
+    label: str
+    images: int  # its images in the rows the splitter divided (the publisher's test set aside)
+    groups: int  # the groups those images lie in
+    missing: tuple[str, ...]  # requested splits without any of its images, in train/val/test order
+    requested: tuple[str, ...]  # the splits asked for: train, then val and/or test
 
 
 @dataclass(frozen=True)
@@ -127,3 +141,55 @@ def _holdout(
         held.extend(taken)
         rest.extend(left)
     return held, rest
+
+
+def requested_splits(
+    has_fixed_test: bool, *, test_fraction: float, val_fraction: float, with_test: bool
+) -> tuple[str, ...]:
+    """The splits `assign_splits` draws from the rows it divides (a publisher's test set is not drawn)."""
+    drawn_test = with_test and not has_fixed_test and test_fraction > 0
+    return ("train",) + (("val",) if val_fraction > 0 else ()) + (("test",) if drawn_test else ())
+
+
+def split_shortfalls(
+    labels: Sequence[str],
+    groups: Sequence[str],
+    keys: Sequence[str],
+    splits: Sequence[str],
+    fixed: Sequence[str] | None = None,
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.15,
+    with_test: bool = True,
+) -> list[Shortfall]:
+    """Classes missing from a split they were expected in, sorted by label; [] when every class is placed.
+
+    Only labelled tasks are checked (`with_test=True`; an unlabelled corpus has no classes). The rows
+    checked are those the splitter divided: all rows, or, when the publisher fixes a test set, the rows
+    outside it (the published test set is kept as published, whatever classes it holds). A class is
+    expected in every requested split (`requested_splits`); since a group never straddles splits, a class
+    in fewer groups than that can never be, and `assign_splits` always places one with at least that many
+    groups (when they vote for it).
+    """
+    if not with_test:
+        return []
+    has_fixed_test = fixed is not None and any(f == "test" for f in fixed)
+    requested = requested_splits(
+        has_fixed_test, test_fraction=test_fraction, val_fraction=val_fraction, with_test=with_test
+    )
+    images: Counter[str] = Counter()
+    members: dict[str, set[str]] = defaultdict(set)
+    placed: dict[str, set[str]] = defaultdict(set)
+    for label, group, key, split in zip(labels, groups, keys, splits, strict=True):
+        # With a published test set, every "test" row is in it or in a group that touches it.
+        if not label or (has_fixed_test and split == "test"):
+            continue
+        images[label] += 1
+        members[label].add(f"g:{group}" if group else f"r:{key}")
+        placed[label].add(split)
+    out = []
+    for label in sorted(images):
+        missing = tuple(s for s in requested if s not in placed[label])
+        if missing:
+            out.append(Shortfall(label, images[label], len(members[label]), missing, requested))
+    return out
