@@ -67,7 +67,7 @@ def test_defaults_follow_table_1_and_paper() -> None:
         3e-3,
         "cosine",
     )
-    assert cfg["momentum_teacher"] == 0.996 and cfg["backbone"] == "resnet50"
+    assert cfg["momentum_teacher"] == 0.996 and cfg["backbone"] == "resnet50.tv_in1k"
     assert cfg["init"] == "imagenet" and cfg["lr_scaling"] == "linear256"  # the study authors' code
     assert (cfg["proj_hidden_dim"], cfg["proj_out_dim"], cfg["pred_hidden_dim"]) == (4096, 256, 4096)
     mlp = BYOLMLP(2048)

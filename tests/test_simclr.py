@@ -101,7 +101,7 @@ def test_defaults_follow_table_1_and_paper() -> None:
         3e-5,
         "cosine",
     )
-    assert cfg["backbone"] == "resnet50" and cfg["temperature"] == 0.1
+    assert cfg["backbone"] == "resnet50.tv_in1k" and cfg["temperature"] == 0.1
     assert (cfg["proj_hidden_dim"], cfg["proj_out_dim"]) == (2048, 128)
     assert cfg["method"] == "simclr"
     # the study authors' code: ImageNet init, lr x batch / 256 with the cosine schedule, blur always

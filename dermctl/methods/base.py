@@ -67,7 +67,8 @@ ENGINE_SOURCES: dict[str, str] = {
     "epochs": "dermctl: an upper bound; Gröger et al. stop on the val loss (patience 5)",
     "batch_size": "dermctl placeholder; methods set Gröger et al. Table 1",
     "global_batch": "dermctl: optional, replaces batch_size under DDP",
-    "sync_bn": "dermctl: auto = synchronised for SimCLR/BYOL under DDP (Chen et al. / Grill et al. use global BN)",
+    "sync_bn": "auto = synchronised for SimCLR/BYOL (Chen et al. / Grill et al.: global BN) and ColorMe "
+    "(authors' code trainers/colorme_trainer.py: convert_sync_batchnorm) under DDP",
     "optimizer": "dermctl placeholder; methods set Gröger et al. Table 1",
     "lr": "dermctl placeholder; methods set Gröger et al. Table 1",
     "lr_scaling": "dermctl: none; methods with a schedule set the authors' code (lr x batch / 256)",

@@ -112,7 +112,7 @@ class BYOL(PretrainMethod):
         cfg = dict(ENGINE_DEFAULTS)
         cfg.update(
             {
-                "backbone": "resnet50",
+                "backbone": "resnet50.tv_in1k",
                 "init": "imagenet",
                 "optimizer": "adam",
                 "batch_size": 150,
@@ -142,7 +142,7 @@ class BYOL(PretrainMethod):
 
     _grill_views = "Grill et al. 2020 Table 6 (the authors' view options are in an unshipped config)"
     default_sources = {
-        "backbone": "Gröger et al. Table 1 (ResNet-50)",
+        "backbone": "Gröger et al. Table 1 (ResNet-50); .tv_in1k = the torchvision ImageNet weights of the authors' code",
         "init": "authors' code models/byol/model.py: torchvision resnet50(pretrained=True)",
         "optimizer": "Gröger et al. Table 1 (Adam)",
         "batch_size": "Gröger et al. Table 1 (150)",

@@ -183,7 +183,7 @@ class SimCLR(PretrainMethod):
         cfg = dict(ENGINE_DEFAULTS)
         cfg.update(
             {
-                "backbone": "resnet50",
+                "backbone": "resnet50.tv_in1k",
                 "init": "imagenet",
                 "optimizer": "adam",
                 "batch_size": 160,
@@ -207,7 +207,7 @@ class SimCLR(PretrainMethod):
         return cfg
 
     default_sources = {
-        "backbone": "Gröger et al. Table 1 (ResNet-50)",
+        "backbone": "Gröger et al. Table 1 (ResNet-50); .tv_in1k = the torchvision ImageNet weights of the authors' code",
         "init": "authors' code models/simclr/model.py: torchvision resnet50(pretrained=True)",
         "optimizer": "Gröger et al. Table 1 (Adam)",
         "batch_size": "Gröger et al. Table 1 (160)",

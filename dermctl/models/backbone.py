@@ -98,7 +98,7 @@ def create_backbone(
 ) -> nn.Module:
     """A timm model without classifier (`num_classes=0`).
 
-    init: "random" (the study's default), "imagenet" (timm's pretrained weights: fetched online or taken
+    init: "random", "imagenet" (timm's pretrained weights: fetched online or taken
     from the Hugging Face cache), or a path to a weights file (safetensors or a plain state dict saved
     with torch.save) for offline machines. ViTs are built with `dynamic_img_size=True` so that multi-crop
     views of any size (and tiny test images) go through with interpolated position embeddings.

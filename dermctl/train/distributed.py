@@ -25,7 +25,7 @@ from torch import nn
 from dermctl.errors import UsageError
 
 DEBUG_HASH_ENV = "DERMCTL_DEBUG_STATE_HASH_DIR"
-SYNC_BN_METHODS = ("simclr", "byol")  # `sync_bn = "auto"`: the methods whose papers synchronise BN
+SYNC_BN_METHODS = ("simclr", "byol", "colorme")  # `sync_bn = "auto"`: papers / authors' code sync BN
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
