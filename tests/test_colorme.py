@@ -124,7 +124,7 @@ def test_total_loss_weights() -> None:
 
 def test_per_channel_step_is_dermctl_0_1_0_bit_for_bit() -> None:
     # Recorded with dermctl 0.1.0 (before the study convention existed) on this seeded model and batch.
-    m = _method("per_channel")
+    m = _method("per_channel", views="crop")  # 0.1.0 cropped and flipped
     loss, logs = m.training_step(_batch(m), StepContext(it=0, epoch=0, training=True))
     assert loss.item() == pytest.approx(1.8576483726501465, rel=1e-5)
     assert logs["mse"] == pytest.approx(0.05834411829710007, rel=1e-5)
@@ -415,3 +415,25 @@ def test_export_green_plain_timm_encoder(tmp_path, convention: str) -> None:
     with torch.no_grad():
         pooled = m.unet(x)[2]
         assert torch.allclose(extract_features(loaded.eval(), x, "avgpool"), pooled, atol=1e-5)
+
+
+def test_views_resize_as_the_authors_or_crop() -> None:
+    """The authors' colorme_wrapper.py only resizes (no crop, no flip): the default view is deterministic
+    and sees the whole image; `views = "crop"` gives the random crop + flip variant."""
+    from PIL import Image
+
+    from dermctl.methods.colorme import ColorMeTransform
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    assert resolve_config("colorme")["views"] == "resize"
+    resize = ColorMeTransform(32, views="resize")
+    a, b = resize(img), resize(img)
+    assert torch.equal(a["green"], b["green"]) and a["green"].shape == (1, 32, 32)
+    expected = torch.from_numpy(np.asarray(img.resize((32, 32), Image.BILINEAR))).permute(2, 0, 1) / 255
+    assert torch.allclose(a["rb"], expected[[0, 2]], atol=1 / 255 + 1e-6)
+    torch.manual_seed(0)
+    crop = ColorMeTransform(32, views="crop")
+    assert not torch.equal(crop(img)["green"], crop(img)["green"])
+    with pytest.raises(UsageError, match="views"):
+        get_method("colorme")(resolve_config("colorme", dict(TINY, views="zoom")))

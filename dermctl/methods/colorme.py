@@ -311,22 +311,33 @@ class ColorMeUNet(nn.Module):
         return (torch.sigmoid(recon) if self.sigmoid_output else recon), self.hist_head(pooled), pooled
 
 
-class ColorMeTransform:
-    """Random resized crop (scale (crop_scale_min, 1)) and horizontal flip only: colour is the target, so no
-    colour augmentation. Returns the normalised green channel (1, H, W) as input and the red and blue
-    channels (2, H, W) in [0, 1]; the study convention normalises them in the step (`normalise_rb`), after
-    its histograms of the raw values."""
+VIEWS = ("resize", "crop")
 
-    def __init__(self, image_size: int = 224, crop_scale_min: float = 0.08, hflip_p: float = 0.5) -> None:
-        self.view = T.Compose(
-            [
+
+class ColorMeTransform:
+    """ColorMe's input: `views = "resize"` squashes the whole image to image_size x image_size (the authors'
+    datasets/wrappers/colorme_wrapper.py: `transforms.Resize((h, w))`, no augmentation); `"crop"` takes a
+    random resized crop (scale (crop_scale_min, 1)) and a horizontal flip. Never colour augmentation: colour
+    is the target. Returns the normalised green channel (1, H, W) as input and the red and blue channels
+    (2, H, W) in [0, 1]; the study convention normalises them in the step (`normalise_rb`), after its
+    histograms of the raw values."""
+
+    def __init__(
+        self, image_size: int = 224, crop_scale_min: float = 0.08, hflip_p: float = 0.5, views: str = "crop"
+    ) -> None:
+        if views not in VIEWS:
+            raise UsageError(f"config views: {views!r} is not one of {', '.join(VIEWS)}")
+        geometry: list[Any] = (
+            [T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR)]
+            if views == "resize"
+            else [
                 T.RandomResizedCrop(
                     image_size, scale=(crop_scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
                 ),
                 T.RandomHorizontalFlip(p=hflip_p),
-                T.ToTensor(),
             ]
         )
+        self.view = T.Compose([*geometry, T.ToTensor()])
 
     def __call__(self, img: Image.Image) -> dict[str, Any]:
         rgb = self.view(img)
@@ -363,6 +374,7 @@ class ColorMe(PretrainMethod):
                 "hist_bins": 5,
                 "kl_reduction": "sum",
                 "decoder_channels": [256, 128, 64, 32, 16],
+                "views": "resize",
                 "crop_scale_min": 0.08,
                 "hflip_p": 0.5,
             }
@@ -387,8 +399,9 @@ class ColorMe(PretrainMethod):
         "hist_bins": f"{_AUTHORS} datasets/wrappers/colorme_wrapper.py: torch.histogram(bins=5) per colour",
         "kl_reduction": f"{_AUTHORS} trainers/colorme_trainer.py: KLDivLoss(reduction='sum')",
         "decoder_channels": f"{_AUTHORS} models/colorme/model.py: smp.Unet default (256, 128, 64, 32, 16)",
-        "crop_scale_min": "dermctl: random resized crop (the authors' colorme_wrapper.py only resizes)",
-        "hflip_p": "dermctl: horizontal flip (the authors' colorme_wrapper.py only resizes)",
+        "views": "authors' code datasets/wrappers/colorme_wrapper.py: resize only, no augmentation",
+        "crop_scale_min": "dermctl: with views = crop (the authors' code does not crop)",
+        "hflip_p": "dermctl: with views = crop (the authors' code does not flip)",
     }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -398,6 +411,8 @@ class ColorMe(PretrainMethod):
             raise UsageError(f"hist_bins: must be >= 1, got {cfg['hist_bins']}")
         if cfg["kl_reduction"] not in ("batchmean", "sum"):
             raise UsageError(f"kl_reduction: expected 'batchmean' or 'sum', got {cfg['kl_reduction']!r}")
+        if cfg["views"] not in VIEWS:  # up front, not in the first loader worker
+            raise UsageError(f"config views: {cfg['views']!r} is not one of {', '.join(VIEWS)}")
         if cfg["loss_convention"] not in LOSS_CONVENTIONS:
             raise UsageError(
                 f"loss_convention: expected {' or '.join(LOSS_CONVENTIONS)}, got {cfg['loss_convention']!r}"
@@ -433,7 +448,9 @@ class ColorMe(PretrainMethod):
 
     def transform(self, training: bool) -> Callable[[Any], dict[str, Any]]:
         c = self.cfg
-        return ColorMeTransform(int(c["image_size"]), float(c["crop_scale_min"]), float(c["hflip_p"]))
+        return ColorMeTransform(
+            int(c["image_size"]), float(c["crop_scale_min"]), float(c["hflip_p"]), str(c["views"])
+        )
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         green, rb = batch["green"], batch["rb"]
