@@ -10,6 +10,15 @@ exp((1 - distance) / T) via a callable). Both start from the raw features (ours 
 Probe: our L-BFGS probe *including* its regularisation search on validation against scikit-learn's
 LogisticRegression(max_iter=10000) at its default C, both on standardised features; macro-F1 on test.
 Embed: images/s of `dermctl embed` for resnet18 (random init) at 224 px on the CPU.
+
+    .venv/bin/python benchmarks/eval.py --digits   # only: the probe's lam choice on a real task
+
+Digits: scikit-learn's `load_digits` (ships offline), per seed a 990-image task in groups of 3 images of
+one class (a stand-in for lesions; also ungrouped), grouped stratified splits of 20 % test and ~14 % of the rest val
+(~120 images, 12 per class: a small val split). Features: the raw 64 pixels, and a tiny random CNN's 128
+pooled activations. Macro-F1 on test of our probe (its selection rule: grouped CV on train+val here),
+of our probe forced to choose on val alone (0.1.0's rule), and of `LogisticRegression()` at its default
+C on the same standardised train features.
 """
 
 from __future__ import annotations
@@ -190,6 +199,95 @@ def bench_probe(
     }
 
 
+def digits_task(seed: int, features: str, group_size: int = 3) -> dict:
+    """One seeded 990-image digits task (module docstring): features, labels, groups and split indices."""
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    x_all, y_all = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    take = rng.permutation(y_all.size)[:990]
+    x, y = x_all[take].astype(np.float32), y_all[take]
+    groups = np.empty(y.size, dtype=object)
+    for c in np.unique(y):  # groups of 3 images of one class, like several photos of one lesion
+        members = rng.permutation(np.flatnonzero(y == c))
+        for i, m in enumerate(members):
+            groups[m] = f"c{c}g{i // group_size}"
+    if features == "cnn":
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AvgPool2d(2),
+            torch.nn.Flatten(),
+        )
+        with torch.no_grad():
+            x = net(torch.from_numpy(x / 16.0).reshape(-1, 1, 8, 8)).numpy()
+    codes = np.unique(groups, return_inverse=True)[1]
+    rest, test = next(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(x, y, codes))
+    fit, val = next(
+        StratifiedGroupKFold(7, shuffle=True, random_state=seed).split(x[rest], y[rest], codes[rest])
+    )
+    return {"x": x, "y": y, "groups": groups, "train": rest[fit], "val": rest[val], "test": test}
+
+
+def bench_probe_digits(seeds: int = 10, features: str = "pixels", group_size: int = 3) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from dermctl.eval.metrics import macro_f1
+    from dermctl.eval.probe import fit_probe
+
+    rows = []
+    for seed in range(seeds):
+        t = digits_task(seed, features, group_size)
+        x, y, g = t["x"], t["y"], t["groups"]
+        tr, va, te = t["train"], t["val"], t["test"]
+        t0 = time.perf_counter()
+        ours = fit_probe(x[tr], y[tr], 10, x[va], y[va], train_groups=g[tr], val_groups=g[va], seed=seed)
+        seconds = time.perf_counter() - t0
+        on_val = fit_probe(x[tr], y[tr], 10, x[va], y[va], selection="val")
+        scaler = StandardScaler().fit(x[tr])
+        sk = LogisticRegression().fit(scaler.transform(x[tr]), y[tr])
+        rows.append(
+            (
+                macro_f1(y[te], ours.predict(x[te]), 10),
+                macro_f1(y[te], on_val.predict(x[te]), 10),
+                macro_f1(y[te], sk.predict(scaler.transform(x[te])), 10),
+                seconds,
+                ours.lam_source,
+            )
+        )
+    f1 = np.array([r[:3] for r in rows])
+    return {
+        "features": features if group_size == 3 else f"{features}, groups of {group_size}",
+        "seeds": seeds,
+        "sizes": (tr.size, va.size, te.size),
+        "ours": f1[:, 0],
+        "val_only": f1[:, 1],
+        "sklearn": f1[:, 2],
+        "seconds": float(np.mean([r[3] for r in rows])),
+        "sources": sorted({r[4] for r in rows}),
+    }
+
+
+def print_digits(r: dict) -> None:
+    def ms(v: np.ndarray) -> str:
+        return f"{v.mean():.4f} ± {v.std():.4f}"
+
+    d, dv = r["ours"] - r["sklearn"], r["val_only"] - r["sklearn"]
+    print(
+        f"digits {r['features']} ({r['seeds']} seeds, train/val/test {r['sizes']}): macro-F1 ours "
+        f"{ms(r['ours'])} | val-only {ms(r['val_only'])} | sklearn LogisticRegression() {ms(r['sklearn'])} | "
+        f"ours - sklearn {d.mean():+.4f} (sd {d.std():.4f}, min {d.min():+.4f}) | val-only - sklearn "
+        f"{dv.mean():+.4f} (min {dv.min():+.4f}) | lam by {'/'.join(r['sources'])}, {r['seconds']:.2f} s a probe"
+    )
+
+
 def bench_embed(n_images: int, size: int) -> dict:
     from PIL import Image
 
@@ -217,7 +315,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per contender (the fastest counts)")
+    ap.add_argument("--digits", action="store_true", help="only the probe's lam choice on digits")
+    ap.add_argument("--seeds", type=int, default=10, help="digits: seeded tasks per feature kind")
     args = ap.parse_args()
+    if args.digits:
+        for features, group_size in (("pixels", 3), ("cnn", 3), ("pixels", 1)):
+            print_digits(bench_probe_digits(args.seeds, features, group_size))
+        return
     if args.quick:
         knn = bench_knn(2000, 500, 256, 8, 10, [1, 5, 10, "all"], args.reps)
         probe = bench_probe(2000, 500, 500, 256, 8, 0.15, args.reps)

@@ -136,12 +136,16 @@ def make_corpus(path: Path, images: list[Path], splits: list[str] | None = None)
     return path
 
 
-def make_task(path: Path, images: list[Path], n_classes: int = 2) -> Path:
-    """A labelled task manifest: alternating classes, first half train, second half test."""
+def make_task(path: Path, images: list[Path], n_classes: int = 2, n_val: int = 0) -> Path:
+    """A labelled task manifest: alternating classes, first half train (its last `n_val` rows val),
+    second half test."""
     half = len(images) // 2
+
+    def split(i: int) -> str:
+        return "test" if i >= half else "val" if i >= half - n_val else "train"
+
     rows = [
-        Row(path=str(p), label=f"c{i % n_classes}", split="train" if i < half else "test", role="task")
-        for i, p in enumerate(images)
+        Row(path=str(p), label=f"c{i % n_classes}", split=split(i), role="task") for i, p in enumerate(images)
     ]
     write_manifest(Manifest(name=path.stem, rows=rows), path)
     return path

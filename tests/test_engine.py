@@ -70,7 +70,7 @@ def test_schedules_hit_documented_values():
 def test_run_folder_contents_and_export(tmp_path, setup):
     ws, man, imgs = setup
     task_imgs = make_images(tmp_path / "timg", 8, seed=3, prefix="t")
-    make_task(ws.manifests / "lesions.csv", task_imgs)
+    make_task(ws.manifests / "lesions.csv", task_imgs, n_val=2)  # the monitor scores val
     leaky = make_corpus(tmp_path / "leaky.csv", task_imgs[:2])  # evaluation images inside a corpus
     lines = []
     cfg = build_config("tinytest", None, {"epochs": 2, "monitor_task": "lesions", "monitor_every": 1})

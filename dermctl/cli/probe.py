@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dermctl.cli.common import emit, get_state, handle_errors, make_progress, out_console, parse_csv_list
+from dermctl.cli.common import emit, get_state, handle_errors, log, make_progress, out_console, parse_csv_list
 from dermctl.cli.knn import render_summaries
 
 NAME = "probe"
@@ -55,6 +55,7 @@ def command(
             seed,
             force=force,
             on_step=lambda: progress.update(bar, advance=1),
+            log=lambda m: log(state, m),
         )
     data = [s.__dict__ for s in summaries]
     emit(state, {"results": data}, lambda: render_summaries(out_console, "linear probe", summaries))

@@ -1,8 +1,10 @@
 """Training health: per-epoch means of a method's logs, and the optional kNN monitor on a labelled task.
 
-The monitor embeds a task's train and test images with the current student backbone (the method's
-feature rule) and logs the weighted kNN macro-F1 on test (k=20, T=0.07 as in DINO and Gröger et al.).
-Labels are used only for this number, never for training.
+The monitor embeds a task's train and val images with the current student backbone (the method's
+feature rule) and logs the weighted kNN macro-F1 on val (k=20, T=0.07 as in DINO and Gröger et al.).
+It never reads the test split: a number watched while choosing when to stop or which run to keep is a
+selection criterion, and selecting on test would make the later test scores optimistic. A task without
+labelled val rows is refused. Labels are used only for this number, never for training.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
 def knn_macro_f1(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_classes: int
 ) -> float:
-    """Weighted kNN (k=20, T=0.07) macro-F1 on test; uses dermctl.eval when it is there."""
+    """Weighted kNN (k=20, T=0.07) macro-F1 of (test_x, test_y) against the training rows; the monitor
+    passes its val rows. Uses dermctl.eval when it is there."""
     try:
         from dermctl.eval.knn import knn_predict
         from dermctl.eval.metrics import macro_f1
@@ -92,29 +95,35 @@ def knn_macro_f1(
 
 
 class KnnMonitor:
-    """Embeds one labelled task with the current backbone and scores kNN macro-F1 (test split)."""
+    """Embeds one labelled task with the current backbone and scores kNN macro-F1 of its val split
+    against its train split. The test split is never read (module docstring)."""
 
     def __init__(self, task_manifest: Path, batch_size: int = 64) -> None:
         self.manifest: Manifest = read_manifest(task_manifest)
         self.classes = self.manifest.classes
         if len(self.classes) < 2:
             raise DataError(f"--monitor-task: {task_manifest} has fewer than two classes")
-        self.train = [
-            (self.manifest.resolve(r), self.classes.index(r.label))
-            for r in self.manifest.split_rows("train")
-            if r.label
-        ]
-        self.test = [
-            (self.manifest.resolve(r), self.classes.index(r.label))
-            for r in self.manifest.split_rows("test")
-            if r.label
-        ]
-        if not self.train or not self.test:
-            raise DataError(f"--monitor-task: {task_manifest} needs labelled train and test rows")
-        for p, _ in self.train + self.test:
+        self.train = self._labelled("train")
+        self.val = self._labelled("val")
+        if not self.train:
+            raise DataError(f"--monitor-task: {task_manifest} has no labelled train rows")
+        if not self.val:
+            raise DataError(
+                f"--monitor-task: {task_manifest} has no labelled val rows and the monitor never scores "
+                "on test; re-ingest the task with --val-fraction above 0 (default 0.15) or mark some "
+                "train rows split=val"
+            )
+        for p, _ in self.train + self.val:
             if not p.is_file():
                 raise DataError(f"--monitor-task: image {p} not found")
         self.batch_size = batch_size
+
+    def _labelled(self, split: str) -> list[tuple[Path, int]]:
+        return [
+            (self.manifest.resolve(r), self.classes.index(r.label))
+            for r in self.manifest.split_rows(split)
+            if r.label
+        ]
 
     @torch.no_grad()
     def _embed(
@@ -130,13 +139,14 @@ class KnnMonitor:
         return np.concatenate(out)
 
     def score(self, model: nn.Module, meta: BackboneMeta, device: torch.device) -> float:
+        """kNN macro-F1 (k=20, T=0.07) of the val images against the train images, over every class."""
         was_training = model.training
         model.eval()
         try:
             train_x = self._embed(model, meta, self.train, device)
-            test_x = self._embed(model, meta, self.test, device)
+            val_x = self._embed(model, meta, self.val, device)
         finally:
             model.train(was_training)
         train_y = np.array([y for _, y in self.train])
-        test_y = np.array([y for _, y in self.test])
-        return knn_macro_f1(train_x, train_y, test_x, test_y, len(self.classes))
+        val_y = np.array([y for _, y in self.val])
+        return knn_macro_f1(train_x, train_y, val_x, val_y, len(self.classes))
