@@ -34,6 +34,11 @@ class DINOHead(nn.Module):
     (GELU, optional BatchNorm), L2 normalisation, then a weight-normalised linear layer without bias to
     `out_dim` prototypes. With `norm_last_layer` the weight norm g is fixed to 1 (not trained).
 
+    Layer for layer the official `DINOHead` (facebookresearch/dino vision_transformer.py; the study authors'
+    models/dino/head.py is the same): Linear(in, 2048) [BN] GELU, Linear(2048, 2048) [BN] GELU,
+    Linear(2048, 256), trunc-normal(0.02) weights and zero biases on the MLP only, then
+    weight_norm(Linear(256, K, bias=False)) with g filled with 1.
+
     Example:
         >>> head = DINOHead(192, 65536)         # ViT-tiny features -> 65536 logits
         >>> logits = head(torch.randn(8, 192))  # (8, 65536)

@@ -91,7 +91,9 @@ class iBOTHead(DINOHead):  # noqa: N801  (the paper's name)
     """DINO head applied to every token (iBOT Sec. 3.3): the MLP is shared by class and patch tokens; the
     last layer too when `shared_head` (the paper's choice), else patch tokens get their own weight-normalised
     layer to `patch_out_dim`. On (B, T, D) tokens returns (class logits (B, K), patch logits (B, T-1, K'));
-    on (B, D) features returns class logits.
+    on (B, D) features returns class logits. Layer for layer the official `iBOTHead` (bytedance/ibot
+    models/head.py, also the study authors' models/ibot/head.py): the DINOHead MLP on every token, the class
+    token through `last_layer`, patch tokens through `last_layer2` (the same module when `shared_head`).
 
     Example:
         >>> head = iBOTHead(192, 8192)
