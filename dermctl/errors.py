@@ -8,6 +8,7 @@ Exit codes (documented in the README):
     4  training stopped: loss became NaN/Inf or the run collapsed (a resumable checkpoint is kept)
     5  conflict: an output exists and would be overwritten, or another process holds the lock
     6  not available: a feature needs something absent here (weights offline, a GPU, a package)
+    7  disk full: no space left on the device holding the named path (nothing torn is left behind)
     130 interrupted (SIGINT/SIGTERM) after a final checkpoint
 """
 
@@ -20,6 +21,7 @@ EXIT_DATA = 3
 EXIT_TRAINING = 4
 EXIT_CONFLICT = 5
 EXIT_UNAVAILABLE = 6
+EXIT_DISK_FULL = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -66,3 +68,9 @@ class UnavailableError(DermctlError):
     """Something this needs is not available here (offline weights, a GPU, an optional package)."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class DiskFullError(DermctlError):
+    """No space left on the device (ENOSPC) while writing the named path; the old file, if any, is kept."""
+
+    exit_code = EXIT_DISK_FULL

@@ -28,17 +28,37 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# import name -> distribution names to ask importlib.metadata (first installed wins)
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "timm": ("timm",),
+    "numpy": ("numpy",),
+    "sklearn": ("scikit-learn",),
+    "faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu", "faiss"),
+    "h5py": ("h5py",),
+    "PIL": ("pillow",),
+}
+
+
 def versions() -> dict[str, str]:
-    """Versions of dermctl and of the libraries that change numbers."""
+    """Versions of dermctl and of the libraries that change numbers. A library not imported yet is read
+    from its installed metadata rather than imported (importing sklearn, faiss and h5py just for their
+    version strings cost ~1.4 s of CPU per command)."""
+    from importlib import metadata
+
     out = {"dermctl": __version__, "python": platform.python_version()}
-    for name in ("torch", "torchvision", "timm", "numpy", "sklearn", "faiss", "h5py", "PIL"):
+    for name, dists in _DISTRIBUTIONS.items():
         module = sys.modules.get(name)
-        if module is None:
+        if module is not None:
+            out[name] = str(getattr(module, "__version__", "unknown"))
+            continue
+        for dist in dists:
             try:
-                module = __import__(name)
-            except Exception:  # an optional or broken package must not break provenance
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:  # an optional package must not break provenance
                 continue
-        out[name] = str(getattr(module, "__version__", "unknown"))
     return out
 
 

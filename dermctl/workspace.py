@@ -5,7 +5,7 @@ Layout (every command reads and writes these by default; explicit paths always w
     <workdir>/
       manifests/   <name>.csv manifests, <name>.report.json ingest reports, .hashcache.json
       runs/        runs/<name>/ pretraining and fine-tuning runs (config, metrics.csv, checkpoints, backbone)
-      embeddings/  embeddings/<model>/<task>.h5
+      embeddings/  embeddings/<model>/<task key>.h5 (see Workspace.task_key)
       results/     results/<protocol>/<model>/<task>.json
       reports/     tables, figures and report.html
       cache/       decoded/resized image caches and downloaded weights
@@ -14,21 +14,27 @@ Layout (every command reads and writes these by default; explicit paths always w
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from dermctl.errors import ConflictError, DataError
+from dermctl.errors import ConflictError, DataError, DermctlError, DiskFullError
 
 SUBDIRS = ("manifests", "runs", "embeddings", "results", "reports", "cache")
 # A killed writer's temp file untouched this long is removed by the next write of the same file.
 STALE_TEMP_AGE_S = 60.0
+# "No space left": a full device, or a full quota (shared servers) -- the same remedy for the user.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_UMASK_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,21 @@ class Workspace:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full(path, exc) from exc
                 raise DataError(f"cannot create workspace folder {path}: {exc.strerror or exc}") from exc
 
+    def task_key(self, manifest: str | os.PathLike[str]) -> str:
+        """The name a task's derived files (embeddings) are stored under: `<name>` for the workspace's
+        `manifests/<name>.csv`; for a manifest elsewhere its stem plus 8 hex digits of its absolute path, so
+        two CSV tasks with the same file name in different folders never share (overwrite) a file."""
+        p = Path(manifest).expanduser().resolve()
+        if p.parent == self.manifests.resolve():
+            return p.stem
+        return f"{p.stem}-{hashlib.sha256(str(p).encode('utf-8')).hexdigest()[:8]}"
+
     def embedding_path(self, model: str, task: str) -> Path:
+        """`embeddings/<model>/<task>.h5`; `task` is a task key (`task_key`), the name for workspace tasks."""
         return self.embeddings / model / f"{task}.h5"
 
     def result_path(self, protocol: str, model: str, task: str) -> Path:
@@ -99,8 +117,16 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
             prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
         )
     except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(target, exc) from exc
         raise DataError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    os.close(fd)
+    try:
+        # mkstemp makes 0600 files; the renamed file must get the mode open() would give it (the umask's).
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError:
+        pass  # a file system without modes (some network mounts): keep what it gives
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -108,10 +134,56 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            tmp.unlink()  # frees the space the partial file took
+        if is_disk_full(exc):
+            raise disk_full(target, exc) from exc
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, is ENOSPC/EDQUOT. torch.save reports a failed
+    write as `RuntimeError: ... unexpected pos ...` with the OSError only in its context; HDF5 puts the
+    errno in the message. A DermctlError (already one line) is never re-labelled."""
+    if isinstance(exc, DermctlError):
+        return False
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and (
+            e.errno in _DISK_FULL_ERRNOS or "No space left on device" in str(e) or "errno = 28," in str(e)
+        ):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full(path: str | os.PathLike[str], exc: BaseException | None = None) -> DiskFullError:
+    """The one-line error for a full disk (or quota) while writing `path`."""
+    quota = isinstance(exc, OSError) and exc.errno == errno.EDQUOT
+    what = "disk quota exceeded" if quota else "no space left on device"
+    return DiskFullError(
+        f"{path}: {what}; nothing was half-written (earlier files are intact): free some space, then run "
+        "the command again"
+    )
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which would
+    briefly give files created by other threads the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # no /proc (macOS): set and restore at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -214,3 +286,62 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str], command: str = "dermctl") -> Iterator[bool]:
+    """Hold `<run_dir>/.lock` (holding this process's PID) for the block: one process per run folder.
+
+    The folder is created when missing and removed again afterwards when the block left it empty (a run
+    refused at its first check leaves nothing behind); the block receives whether the folder existed.
+    A lock whose process is gone is taken over. Another live holder is a ConflictError naming its PID."""
+    folder = Path(run_dir)
+    existed = folder.is_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(folder, exc) from exc
+        raise DataError(f"cannot create run folder {folder}: {exc.strerror or exc}") from exc
+    lock = folder / ".lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text(encoding="ascii").strip() or 0)
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise ConflictError(
+                    f"{folder}: run in use by PID {pid} (another `{command}` of this run); wait for it to "
+                    "end, or use --name for another run"
+                ) from None
+            if not pid:
+                # Created but not yet written by a starting process, or damaged: a young one is live.
+                with contextlib.suppress(OSError):
+                    if time.time() - lock.stat().st_mtime < 5:
+                        raise ConflictError(f"{folder}: run in use (lock {lock} is being taken)") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # left by a dead process
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(lock, exc) from exc
+            raise DataError(f"{lock}: cannot take the run lock: {exc.strerror or exc}") from exc
+    else:
+        raise ConflictError(f"{folder}: cannot take the run lock {lock} (contended)")
+    try:
+        os.write(fd, str(os.getpid()).encode("ascii"))
+    finally:
+        os.close(fd)
+    try:
+        yield existed
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when nothing was written

@@ -531,3 +531,72 @@ def test_metadata_with_bom_and_windows_encoding_is_read(tmp_path: Path) -> None:
     assert {r.image_id for r in read("pad-ufes-20", tmp_path).records} == set(fake.images)
     meta.write_text("\ufeff" + text, encoding="utf-8")
     assert {r.image_id for r in read("pad-ufes-20", tmp_path).records} == set(fake.images)
+
+
+# --------------------------------------------------------------------------------------------- csv tables
+
+
+def _table(folder: Path, header: str, rows: list[str], images: int = 3) -> Path:
+    """A CSV beside `images` tiny files (the adapter only checks that they exist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        (folder / f"im{i}.png").write_bytes(b"png")
+    (folder / "meta.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return folder / "meta.csv"
+
+
+@pytest.mark.parametrize("label", ["Label", "LABEL", "labels", "Diagnosis", "DX", "Class", "target"])
+def test_csv_label_column_is_found_in_any_case_among_aliases(tmp_path: Path, label: str) -> None:
+    """A `Label` column used to be missed, and the task silently became an unlabelled corpus."""
+    table = _table(tmp_path, f"Path,{label}", ["im0.png,mel", "im1.png,nev"])
+    result = read("csv", table)
+    assert result.role == "task" and [r.label for r in result.records] == ["mel", "nev"]
+    assert f"label column {label!r}" in result.variant
+
+
+@pytest.mark.parametrize("group", ["group", "Patient_ID", "patient", "lesion_id", "LESION", "case_id"])
+def test_csv_group_column_is_found_in_any_case_among_aliases(tmp_path: Path, group: str) -> None:
+    table = _table(tmp_path, f"path,label,{group}", ["im0.png,mel,P1", "im1.png,nev,P2"])
+    result = read("csv", table)
+    assert [r.group for r in result.records] == ["P1", "P2"]
+    assert group not in result.records[0].extras
+
+
+def test_csv_aliases_prefer_the_exact_spelling_then_the_documented_order(tmp_path: Path) -> None:
+    table = _table(tmp_path, "path,dx,Label,lesion_id,patient_id", ["im0.png,a,b,L1,P1"])
+    result = read("csv", table)
+    assert result.records[0].label == "b"  # `label` comes first among the aliases, whatever its case
+    assert result.records[0].group == "P1"  # a patient's lesions stay together
+    assert result.records[0].extras == {"dx": "a", "lesion_id": "L1"}
+    # explicit names also match in any case
+    result = read("csv", table, label_column="DX", group_column="LESION_ID")
+    assert (result.records[0].label, result.records[0].group) == ("a", "L1")
+
+
+def test_csv_without_label_column_is_an_error_unless_unlabelled(tmp_path: Path) -> None:
+    table = _table(tmp_path, "path,lbl,patient", ["im0.png,mel,P1", "im1.png,nev,P2"])
+    with pytest.raises(DataError) as err:
+        read("csv", table)
+    message = err.value.message
+    assert message.startswith(f"--root: {table} has no label column")
+    assert "columns: path, lbl, patient" in message
+    assert "--unlabelled" in message and "--label-column" in message
+    assert "\n" not in message
+    corpus = get_adapter("csv").read(table, AdapterOptions(unlabelled=True))
+    assert corpus.role == "corpus" and {r.label for r in corpus.records} == {""}
+    assert read("csv", table, role="corpus").role == "corpus"  # saying it is a corpus is as good
+    assert [r.label for r in read("csv", table, label_column="LBL").records] == ["mel", "nev"]
+
+
+def test_csv_unlisted_paths_error_says_where_paths_resolve(tmp_path: Path) -> None:
+    """A table whose relative paths were written from another folder: 0 of them exist."""
+    table = _table(tmp_path / "data", "path,label", ["data/im0.png,mel", "data/im1.png,nev"])
+    with pytest.raises(DataError) as err:
+        read("csv", table)
+    message = err.value.message
+    assert "none of the 2 images listed in" in message and str(table) in message
+    assert f"resolve against the CSV's folder {tmp_path / 'data'}" in message
+    assert str(tmp_path / "data" / "data" / "im0.png") in message  # where the first one was looked for
+    empty = _table(tmp_path / "empty", "path,label", [])
+    with pytest.raises(DataError, match="lists no images"):
+        read("csv", empty)

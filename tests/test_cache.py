@@ -4,6 +4,10 @@ documented resize, written atomically; persistent loaders; worker count from the
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +19,7 @@ import dermctl.data.cache as cache_mod
 import dermctl.train.data as data_mod
 from dermctl.data.cache import DecodeCache, resize_shorter, resized_size
 from dermctl.data.images import open_rgb
-from dermctl.errors import DataError, UsageError
+from dermctl.errors import DataError, DiskFullError, UsageError
 from dermctl.methods.base import resolve_config
 from dermctl.methods.simclr import SimCLR
 from dermctl.train.data import (
@@ -245,3 +249,94 @@ def test_worker_count_from_the_cores(monkeypatch):
     assert resolve_num_workers(-1) == data_mod.MAX_WORKERS
     monkeypatch.setattr(data_mod, "available_cores", lambda: 1)
     assert resolve_num_workers(-1) == 0
+
+
+def test_entries_are_not_fsynced_but_checked_on_read(tmp_path, monkeypatch, decodes):
+    # An fsync per entry was most of a short run's first epoch (about 14 ms per image).
+    def no_fsync(fd):
+        raise AssertionError("decode cache entry fsynced")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    img = _jpegs(tmp_path / "img", 1)[0]
+    cache = DecodeCache(tmp_path / "cache", 64)
+    good = cache.load(img, "cd" * 32)
+    entry = cache.entry("cd" * 32)
+    assert np.array_equal(np.load(entry), good)  # still a plain .npy (the 8-byte check trailer is ignored)
+    data = bytearray(entry.read_bytes())
+    data[-20] ^= 0xFF  # one pixel altered on disk (or zeroed by a power cut): same size, valid header
+    entry.write_bytes(bytes(data))
+    assert np.array_equal(cache.load(img, "cd" * 32), good) and len(decodes.calls) == 2  # rebuilt
+    assert np.array_equal(cache.load(img, "cd" * 32), good) and cache.hits == 1
+
+
+def test_entries_honour_the_umask_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    img = _jpegs(tmp_path / "img", 1)[0]
+    old = os.umask(0o022)
+    try:
+        cache = DecodeCache(tmp_path / "cache", 64)
+        cache.load(img, "ef" * 32)
+        assert stat.S_IMODE(cache.entry("ef" * 32).stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod.os, "replace", full)
+    with pytest.raises(DiskFullError, match=r"12121212.*\.npy: no space left"):
+        cache.load(img, "12" * 32)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_tiny_originals_get_no_entry_and_the_same_views(tmp_path, decodes):
+    # Decoding a 32 px PNG costs less than reading an entry back: such images are not copied.
+    imgs = make_images(tmp_path / "img", 3, size=24) + _jpegs(tmp_path / "big", 1, size=(80, 60))
+    cache = DecodeCache(tmp_path / "cache", 256)
+    tf = T.Compose([T.RandomResizedCrop(16), T.ColorJitter(0.4, 0.4), T.PILToTensor()])
+    cached = ImageDataset(imgs, tf, 0, cache=cache, hashes=[f"{i:02d}" * 32 for i in range(4)])
+    first = [cached[(i, 0)] for i in range(4)]
+    assert [p.name for p in (tmp_path / "cache").rglob("*.npy")] == [f"{'03' * 32}.npy"]  # 80 x 60 only
+    assert all(torch.equal(a, cached[(i, 0)]) for i, a in enumerate(first))
+    for i, p in enumerate(imgs):
+        with data_mod.seeded_rng(data_mod.item_seed(0, 0, i)):
+            assert torch.equal(first[i], tf(open_rgb(p)))
+
+
+def test_cache_built_up_front_on_the_fly_or_not_at_all_gives_the_same_batches(tmp_path):
+    imgs = _jpegs(tmp_path / "img", 4, size=(120, 90)) + make_images(tmp_path / "png", 2, size=24)
+    hashes = [f"{i:02d}" * 32 for i in range(len(imgs))]
+    tf = T.Compose([T.RandomResizedCrop(24, scale=(0.3, 1.0)), T.RandomHorizontalFlip(), T.PILToTensor()])
+    up_front = DecodeCache(tmp_path / "a", 64)
+    assert up_front.warm(imgs, hashes) == (6, 0)
+    datasets = [
+        ImageDataset(imgs, tf, 1, cache=up_front, hashes=hashes),
+        ImageDataset(imgs, tf, 1, cache=DecodeCache(tmp_path / "b", 64), hashes=hashes),  # built by workers
+    ]
+    batches = epoch_batches(epoch_order(6, 1, 0), 3, 0, drop_last=True)
+    try:
+        runs = [
+            list(make_loader(ds, batches, w, False, torch.Generator()))
+            for ds, w in zip(datasets, (0, 2), strict=True)
+        ]
+    finally:
+        close_loaders(datasets[1])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    assert sorted(p.name for p in (tmp_path / "a").rglob("*.npy")) == sorted(
+        p.name for p in (tmp_path / "b").rglob("*.npy")
+    )
+    with pytest.MonkeyPatch.context() as mp:  # no cache: the originals through the same resize
+        mp.setattr(data_mod, "open_rgb", lambda p: resize_shorter(open_rgb(p), 64))
+        plain = list(make_loader(ImageDataset(imgs, tf, 1), batches, 0, False, torch.Generator()))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], plain, strict=True))
+
+
+def test_a_killed_writers_temporary_is_removed_on_the_next_build(tmp_path):
+    img = _jpegs(tmp_path / "img", 1)[0]
+    cache = DecodeCache(tmp_path / "cache", 64)
+    entry = cache.entry("ab" * 32)
+    entry.parent.mkdir(parents=True)
+    leftover = entry.with_name(f".{entry.name}.999999999.0.tmp")  # no such pid
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (1, 1))
+    cache.load(img, "ab" * 32)
+    assert entry.is_file() and not leftover.exists()

@@ -78,3 +78,42 @@ def test_only_plain_containers_are_saved(tmp_path):
         save_checkpoint({"a": np.zeros(3)}, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
     check_plain({"a": [torch.zeros(1), (1, 2.0, "s", None, True)]})
+
+
+def test_full_disk_during_save_names_the_file_and_keeps_the_old_pair(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from dermctl.errors import DiskFullError
+    from dermctl.train import checkpoint as ckpt_mod
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.zeros(3)}, path)
+
+    class FullDisk:  # a file whose writes fail past 100 bytes, as torch.save meets ENOSPC
+        def __init__(self, name, mode="r", *a, **kw):
+            self.fh = builtins.open(name, mode, *a, **kw)
+            self.n = 0
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(ckpt_mod, "open", FullDisk, raising=False)
+    with pytest.raises(DiskFullError) as err:
+        save_checkpoint({"w": torch.ones(10_000)}, path)
+    assert str(path) in err.value.message and "\n" not in err.value.message
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(3))  # the old pair still verifies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]

@@ -76,3 +76,62 @@ def test_cli_finetune_random_reference_model(tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert out["model"] == "random-resnet10t"
     assert json.loads(Path(out["result"]).read_text())["init"] == "random"
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_cli_finetune_checkpoints_carry_a_hash_and_altered_ones_are_refused(tmp_path: Path) -> None:
+    make_task(tmp_path)
+    make_run(tmp_path)
+    assert runner.invoke(app, ["-C", str(tmp_path), *ARGS, *FAST]).exit_code == 0
+    run = tmp_path / "runs" / "finetune-dino-tiny-tiny"
+    for name in ("last.pt", "best.pt"):
+        assert (run / f"{name}.sha256").is_file(), name  # the sidecar the README promises
+    best = (run / "best.pt").read_bytes()
+    _flip(run / "best.pt")  # was: "internal error: ValueError: Input contains NaN"
+    res = runner.invoke(app, ["-C", str(tmp_path), *ARGS, *FAST, "--resume"])
+    assert res.exit_code == 3, res.output
+    assert "best.pt" in res.output and "does not match" in res.output
+    (run / "best.pt").write_bytes(best)
+    _flip(run / "last.pt")  # was: resumed with exit 0
+    res = runner.invoke(app, ["-C", str(tmp_path), *ARGS, *FAST, "--resume"])
+    assert res.exit_code == 3, res.output
+    assert "last.pt" in res.output and "does not match" in res.output
+
+
+def test_cli_finetune_refuses_an_image_replaced_after_ingest(tmp_path: Path) -> None:
+    from dermctl.data.manifest import fill_hashes, read_manifest, write_manifest
+
+    manifest = make_task(tmp_path)
+    write_manifest(fill_hashes(read_manifest(manifest)), manifest)  # with sha256, as ingest writes it
+    make_run(tmp_path)
+    images = sorted((tmp_path / "images").glob("*.png"))
+    images[0].write_bytes(images[1].read_bytes())  # another valid image
+    res = runner.invoke(app, ["-C", str(tmp_path), *ARGS, *FAST])
+    assert res.exit_code == 3, res.output
+    assert images[0].name in res.output and "re-run ingest" in res.output
+    assert not (tmp_path / "results" / "finetune").exists()
+
+
+def test_cli_finetune_run_in_use_names_the_pid(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    make_task(tmp_path)
+    make_run(tmp_path)
+    run = tmp_path / "runs" / "finetune-dino-tiny-tiny"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / ".lock").write_text(str(holder.pid))
+        res = runner.invoke(app, ["-C", str(tmp_path), *ARGS, *FAST, "--force"])
+        assert res.exit_code == 5, res.output  # was: a second process training into the same folder
+        assert f"in use by PID {holder.pid}" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "results" / "finetune").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -110,3 +111,50 @@ def test_help_documents_every_option() -> None:
         "--min-size", "--near-dup-distance", "--workers", "--force",
     ):  # fmt: skip
         assert option in result.stdout, option
+
+
+def _retabled(demo: Path, folder: Path, header: dict[str, str], drop: tuple[str, ...] = ()) -> Path:
+    """The demo table with columns renamed (`header`) or dropped, paths made absolute, in `folder`."""
+    rows = list(csv.DictReader((demo / "metadata.csv").read_text().splitlines()))
+    columns = [header.get(c, c) for c in rows[0] if c not in drop]
+    lines = [",".join(columns)]
+    for row in rows:
+        row["path"] = str(demo / row["path"])
+        lines.append(",".join(v for c, v in row.items() if c not in drop))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table.csv").write_text("\n".join(lines) + "\n")
+    return folder / "table.csv"
+
+
+def test_csv_label_column_in_another_case_is_a_task(demo: Path, tmp_path: Path) -> None:
+    table = _retabled(demo, tmp_path / "t", {"label": "Label", "patient_id": "Patient_ID"})
+    no_split = ["--val-fraction", "0", "--test-fraction", "0"]  # what is tested: the columns found
+    result = _run(tmp_path, "--json", "ingest", "--dataset", "csv", "--root", str(table), *no_split)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["role"] == "task" and data["rows"] == 24
+    assert "label column 'Label'" in data["variant"] and "group column 'Patient_ID'" in data["variant"]
+
+
+def test_csv_without_labels_needs_unlabelled(demo: Path, tmp_path: Path) -> None:
+    table = _retabled(demo, tmp_path / "t", {}, drop=("label",))
+    result = _run(tmp_path, "ingest", "--dataset", "csv", "--root", str(table))
+    assert result.exit_code == 3
+    line = _error_line(result)
+    assert str(table) in line and "no label column" in line and "image_id, patient_id, path" in line
+    assert "--unlabelled" in line
+    assert not (tmp_path / "manifests" / "t.csv").exists()
+    result = _run(tmp_path, "--json", "ingest", "--dataset", "csv", "--root", str(table), "--unlabelled")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["role"] == "corpus"
+
+
+def test_output_not_on_a_terminal_is_not_wrapped(demo: Path, tmp_path: Path) -> None:
+    """Piped output keeps a long path on one line, whatever COLUMNS says (rich wrapped at 80)."""
+    workdir = tmp_path / ("a-workspace-folder-with-a-rather-long-name-" * 3) / "ws"
+    args = ["ingest", "--dataset", "folder", "--root", str(demo / "images"), "--name", "long"]
+    result = runner.invoke(app, ["-C", str(workdir), *args], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    manifest = (workdir / "manifests" / "long.csv").resolve()
+    assert f"manifest written: {manifest}" in result.stdout.splitlines()
+    assert any(line.startswith(f"written {manifest} (") for line in result.stderr.splitlines())

@@ -137,3 +137,92 @@ def test_offline_imagenet_default_says_how_to_go_on(ws, monkeypatch):
     assert "--init imagenet" in text and "--init random" in text and "--init PATH" in text
     assert r.output.count("error:") == 1 and "Traceback" not in r.output
     assert not (root / "runs").exists() or not any((root / "runs").iterdir())
+
+
+# -- issue 12: recovery, the run lock, a full disk ------------------------------------------------------
+
+TINY = ["--method", "tinytest", "--epochs", "2", "--device", "cpu", "--batch-size", "3", "--num-workers", "0"]
+
+
+def _enospc_on(monkeypatch, predicate):
+    """fsync of a temp file whose base name satisfies `predicate` fails as on a full disk."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if predicate(os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_run_killed_before_its_first_checkpoint_can_be_restarted(ws):
+    root, man = ws
+    run = root / "runs" / "tinytest-resnet10t"
+    run.mkdir(parents=True)  # what SIGKILL in the first epoch leaves: config and status, no checkpoint
+    (run / "config.json").write_text(json.dumps({"config": {}}))
+    (run / "run.json").write_text(json.dumps({"status": "running"}))
+    r = _run(root, *TINY, "--data", str(man))
+    assert r.exit_code == 5 and "--resume" in r.output and "--force" in r.output
+    r = _run(root, *TINY, "--data", str(man), "--resume")  # was: exit 3 "no checkpoint to continue"
+    assert r.exit_code == 0, r.output
+    assert "starting the run afresh" in r.output
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_force_replaces_a_run_and_is_refused_with_resume(ws):
+    root, man = ws
+    assert _run(root, *TINY, "--data", str(man)).exit_code == 0
+    run = root / "runs" / "tinytest-resnet10t"
+    (run / "stale.txt").write_text("from the old run")
+    r = _run(root, *TINY, "--data", str(man), "--force")  # was: "No such option: --force"
+    assert r.exit_code == 0, r.output
+    assert not (run / "stale.txt").exists() and (run / "backbone.safetensors").is_file()
+    r = _run(root, *TINY, "--data", str(man), "--force", "--resume")
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_lock_is_taken_before_the_data_is_read_and_names_the_pid(ws):
+    root, _ = ws
+    run = root / "runs" / "tinytest-resnet10t"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / ".lock").write_text(str(holder.pid))
+        # A missing --data file would be exit 3 if the data were read first.
+        r = _run(root, *TINY, "--data", str(root / "missing.csv"))
+        assert r.exit_code == 5, r.output
+        assert f"in use by PID {holder.pid}" in r.output  # was: "pass --resume" / the data error
+        r = _run(root, *TINY, "--data", str(root / "missing.csv"), "--resume")
+        assert r.exit_code == 5 and f"PID {holder.pid}" in r.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_refused_run_leaves_no_empty_run_folder(ws):
+    root, _ = ws
+    r = _run(root, *TINY, "--data", str(root / "missing.csv"))
+    assert r.exit_code == 3
+    assert not (root / "runs" / "tinytest-resnet10t").exists()  # else the next run would say "exists"
+
+
+@pytest.mark.parametrize("target", ["last.pt", "metrics.csv"])
+def test_full_disk_is_one_line_with_its_exit_code_and_no_running_status(ws, monkeypatch, target):
+    root, man = ws
+    _enospc_on(monkeypatch, lambda name: name.startswith(f".{target}.") and ".sha256" not in name)
+    r = _run(root, *TINY, "--data", str(man))
+    assert r.exit_code == 7, r.output  # was: 1, "internal error: RuntimeError: . unexpected pos ..."
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    (err,) = [line for line in lines if line.startswith("error:")]
+    assert target in err and "no space left" in err and "internal error" not in r.output
+    run = root / "runs" / "tinytest-resnet10t"
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "interrupted" and "no space left" in status["message"]  # not "running"
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []  # no torn or temporary file
+    monkeypatch.undo()
+    r = _run(root, *TINY, "--data", str(man), "--resume")  # once space is back, the run goes on
+    assert r.exit_code == 0, r.output

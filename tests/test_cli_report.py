@@ -72,3 +72,29 @@ def test_cli_report_errors(tmp_path: Path) -> None:
     res = runner.invoke(app, ["-C", str(tmp_path), "report"])
     assert res.exit_code == 3 and "different test splits" in res.output
     assert not (tmp_path / "reports").exists()
+
+
+def test_cli_report_refuses_unknown_tasks_and_keeps_the_report(tmp_path: Path) -> None:
+    _workspace(tmp_path)
+    assert runner.invoke(app, ["-C", str(tmp_path), "report", "--format", "md,csv"]).exit_code == 0
+    reports = tmp_path / "reports"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in reports.iterdir()}
+    res = runner.invoke(app, ["-C", str(tmp_path), "report", "--tasks", "ham10000,pad-ufes20x"])
+    assert res.exit_code == 3, res.output  # was: exit 0 and an empty table over the good one
+    assert "pad-ufes20x" in res.output and "ham10000, pad-ufes-20" in res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in reports.iterdir()} == before
+
+
+def test_cli_report_files_are_readable_by_the_group_under_umask_022(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    _workspace(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert runner.invoke(app, ["-C", str(tmp_path), "report", "--format", "md,html"]).exit_code == 0
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "reports").iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p  # was: 0600 whatever the umask

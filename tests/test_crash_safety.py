@@ -315,3 +315,29 @@ def test_stale_temps_removed_only_when_writer_is_dead_and_idle(tmp_path: Path) -
     assert fresh_dead.exists()  # dead pid but recently written (maybe another host's writer): kept
     assert live.exists()  # a live writer's temp: kept
     assert other.exists()  # another file's temp: not ours to judge
+
+
+# ------------------------------------------------------------------------------------------ full disk
+
+
+def test_ingest_on_a_full_disk_names_the_file_and_leaves_nothing_torn(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    data = tmp_path / "data"
+    generate_demo(data, n_per_class=20, size=32)
+    args = ["ingest", "--dataset", "csv", "--root", str(data / "metadata.csv"), "--name", "demo"]
+    args += ["--label-column", "label", "--group-column", "patient_id", "--workers", "1"]
+    real = os.fsync
+
+    def fsync(fd: int) -> None:  # the manifest's write meets a full disk
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".demo.csv."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ws = tmp_path / "ws"
+    res = CliRunner().invoke(app, ["-C", str(ws), *args])
+    assert res.exit_code == 7, res.output  # was: 1, "internal error: OSError [Errno 28]" without the path
+    assert str(ws / "manifests" / "demo.csv") in res.output and "no space left" in res.output
+    assert not (ws / "manifests" / "demo.csv").exists()
+    assert not [p for p in (ws / "manifests").iterdir() if p.name.endswith(".tmp")]

@@ -167,3 +167,51 @@ def test_bad_options(ws: Workspace) -> None:
 def test_vit_cls4(ws: Workspace) -> None:
     (out,) = _embed(ws, backbone="vit_tiny_patch16_224")
     assert out.dim == 4 * 192 and read_attrs(out.path)["feature_rule"] == "cls4"
+
+
+def test_image_replaced_after_ingest_is_refused(ws: Workspace) -> None:
+    from dermctl.data.manifest import fill_hashes, read_manifest, write_manifest
+
+    path = ws.manifests / "toy.csv"
+    write_manifest(fill_hashes(read_manifest(path)), path)  # with sha256, as ingest writes it
+    (first,) = _embed(ws)
+    victim = ws.root / "images" / "toy" / "bcc_train_0.png"
+    original = victim.read_bytes()
+    victim.write_bytes((ws.root / "images" / "toy" / "mel_test_0.png").read_bytes())  # another valid image
+    with pytest.raises(DataError) as err:  # was: embedded (or "reused") with exit 0
+        _embed(ws)
+    assert str(victim) in err.value.message and "re-run ingest" in err.value.message
+    victim.write_bytes(original)
+    (again,) = _embed(ws)  # the original is back: the features built from it are the right ones
+    assert again.status == "reused"
+    assert np.array_equal(read_embeddings(again.path).features, read_embeddings(first.path).features)
+
+
+def test_reuse_is_keyed_on_image_content(ws: Workspace) -> None:
+    """A hand-made manifest (no sha256 column): the manifest file does not change when an image does."""
+    (first,) = _embed(ws)
+    victim = ws.root / "images" / "toy" / "bcc_train_0.png"
+    original = victim.read_bytes()
+    victim.write_bytes((ws.root / "images" / "toy" / "mel_test_0.png").read_bytes())
+    (swapped,) = _embed(ws)
+    assert swapped.status == "written"  # was: "reused", features of the old image
+    victim.write_bytes(original)
+    (restored,) = _embed(ws)
+    assert restored.status == "written"  # was: "reused", features of the wrong image
+    assert np.array_equal(read_embeddings(restored.path).features, read_embeddings(first.path).features)
+
+
+def test_same_named_tasks_in_two_folders_never_share_a_file(ws: Workspace, tmp_path: Path) -> None:
+    other = Workspace.at(tmp_path / "elsewhere")
+    a = make_task(other, "toy", per_split=(4, 2, 3))
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    b = b_dir / "toy.csv"
+    b.write_text(a.read_text().replace("../images/", "../elsewhere/images/"))
+    rows_b = b.read_text().splitlines()
+    b.write_text("\n".join(rows_b[: 1 + 12]) + "\n")  # a different task with the same file name
+    out_a, out_b = _embed(ws, tasks=[str(a), str(b)])
+    assert out_a.path != out_b.path  # was: both embeddings/<model>/toy.h5, the second overwriting the first
+    assert read_embeddings(out_a.path).features.shape[0] == 27
+    assert read_embeddings(out_b.path).features.shape[0] == 12
+    assert _embed(ws, tasks=[str(a)])[0].status == "reused"

@@ -141,7 +141,7 @@ def test_publisher_test_split_column_is_kept(demo: Path, ws: Workspace) -> None:
         [r + ["test" if i % 4 == 0 else "train"] for i, r in enumerate(rows[1:])],
     )
     _write_csv(demo / "metadata.csv", header, body)
-    s = run_ingest("csv", demo, ws, _opts(group_column=None))
+    s = run_ingest("csv", demo, ws, _opts(group_column="image_id"))
     m = read_manifest(s.manifest_path)
     official = {r[0] for r in body if r[-1] == "test"}
     assert {r.image_id for r in m.rows if r.split == "test"} == official
@@ -236,7 +236,9 @@ def test_exclude_by_hash_near_duplicate_and_image_id(demo: Path, ws: Workspace, 
         [["exact.jpg", "C1"], ["resized.jpg", "C2"], ["same_id.png", task_rows[2].image_id]]
         + [[f"other_{i}.png", f"O{i}"] for i in range(5)],
     )
-    s = run_ingest("csv", corpus, ws, IngestOptions(workers=1, name="corpus", exclude=[Path("task")]))
+    s = run_ingest(
+        "csv", corpus, ws, IngestOptions(workers=1, name="corpus", exclude=[Path("task")], unlabelled=True)
+    )
     assert s.role == "corpus"
     kept = {Path(r.path).name for r in read_manifest(s.manifest_path).rows}
     assert kept == {f"other_{i}.png" for i in range(5)}

@@ -84,7 +84,7 @@ def test_imagenet_offline_names_the_fix(tmp_path: Path, monkeypatch: pytest.Monk
 def test_unknown_spec(tmp_path: Path) -> None:
     ws = Workspace.at(tmp_path)
     _export(ws.runs / "byol-a")
-    with pytest.raises(UsageError, match=r"--model: 'nope' .*runs here: byol-a"):
+    with pytest.raises(DataError, match=r"--model: 'nope' .*runs here: byol-a"):
         resolve_model("nope", ws)
     (ws.runs / "half").mkdir()
     with pytest.raises(DataError, match="no exported backbone"):

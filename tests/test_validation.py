@@ -108,8 +108,8 @@ def test_missing_and_unreadable_paths(ws: Path, tmp_path: Path) -> None:
     one_line_error(r, 3, str(missing))
     r = run(tmp_path / "w", "ingest", "--dataset", "nosuchset", "--root", str(tmp_path))
     one_line_error(r, 2, "nosuchset")
-    # a --model that is neither a run, a path nor a reference name is an option value error (exit 2)
-    one_line_error(run(ws, "embed", "--model", str(missing), "--device", "cpu"), 2, "--model", "nowhere")
+    # a --model that is neither a run, a path nor a reference name is missing from the workspace (exit 3)
+    one_line_error(run(ws, "embed", "--model", str(missing), "--device", "cpu"), 3, "--model", "nowhere")
     r = run(
         ws, "embed", "--model", "imagenet", "--weights", str(missing / "w.safetensors"), "--device", "cpu"
     )

@@ -11,9 +11,11 @@ import typer
 from dermctl import __version__
 from dermctl.cli import completion, demo, embed, finetune, ingest, knn, pretrain, probe, report
 from dermctl.cli.common import State
+from dermctl.cli.shell import DermctlCommand, DermctlGroup
 
 app = typer.Typer(
     name="dermctl",
+    cls=DermctlGroup,
     help=(
         "Self-supervised pretraining and label-efficient evaluation for dermatology images.\n\n"
         "Typical chain: ingest -> pretrain -> embed -> knn / probe / finetune -> report. "
@@ -55,9 +57,13 @@ def main_callback(
 
 
 for _module in (ingest, pretrain, embed, knn, probe, finetune, report, demo):
-    app.command(_module.NAME, help=_module.HELP, short_help=_module.SHORT_HELP, no_args_is_help=False)(
-        _module.command
-    )
+    app.command(
+        _module.NAME,
+        cls=DermctlCommand,
+        help=_module.HELP,
+        short_help=_module.SHORT_HELP,
+        no_args_is_help=False,
+    )(_module.command)
 
 
 def main() -> None:

@@ -8,18 +8,49 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console, ConsoleDimensions
 
-from dermctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DermctlError, UsageError
-from dermctl.workspace import Workspace, check_writable
+from dermctl.errors import (
+    EXIT_DISK_FULL,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    DermctlError,
+    UsageError,
+)
+from dermctl.workspace import Workspace, check_writable, disk_full, is_disk_full
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# Wide enough that no line of ours is ever wrapped; tables still take only their natural width.
+UNWRAPPED_WIDTH = 100_000
+
+
+class _Console(Console):
+    """A rich Console that wraps lines only on a terminal.
+
+    Piped or redirected (a file, `| grep`, a CI log), a line is printed whole: a path must stay one line
+    that a script can cut out. Whether the output is a terminal is asked at each print, so that a console
+    made at import time follows a redirected sys.stdout / sys.stderr."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(UNWRAPPED_WIDTH, super().size.height)
+        return super().size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
 
 # Logs and progress go to stderr so that stdout carries only results (and only JSON under --json).
-err_console = Console(stderr=True)
-out_console = Console()
+err_console: Console = _Console(stderr=True)
+out_console: Console = _Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +90,10 @@ def handle_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: one line, the exit code for bugs, the traceback only on request
+            if is_disk_full(exc):  # a full disk outside dermctl's own writers (a library's temp file, ...)
+                where = getattr(exc, "filename", None) or "a file being written"
+                err_console.print(f"[bold red]error:[/] {disk_full(where, exc).message}", highlight=False)
+                raise typer.Exit(EXIT_DISK_FULL) from None
             if _debug():
                 raise
             err_console.print(
@@ -104,14 +139,17 @@ def log(state: State, message: str) -> None:
 
 
 def make_progress(state: State) -> Progress:
-    """A rich progress bar on stderr, disabled under --quiet / --json."""
+    """A rich progress bar on stderr, disabled under --quiet / --json and when stderr is not a terminal
+    (a log file would get nothing from it but a stray empty line)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        disable=state.quiet or state.json,
+        disable=state.quiet or state.json or not err_console.is_terminal,
         transient=True,
     )
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from dermctl.cli.common import emit, get_state, handle_errors, log, out_console
-from dermctl.eval.finetune import FinetuneConfig, run_finetune
 
 NAME = "finetune"
 SHORT_HELP = "Fine-tune a backbone with a linear head on a labelled task."
@@ -18,7 +16,8 @@ HELP = (
     "RandomResizedCrop(scale 0.5-1) + flips + 90-degree rotations + mild colour jitter, bf16 on CUDA. "
     "The epoch with the best val macro-F1 (or val loss) is evaluated once on the test split.\n\n"
     "Writes results/finetune/<model>/<task>.json and runs/finetune-<model>-<task>/ "
-    "(config.json, metrics.csv, last.pt, best.pt).\n\n"
+    "(config.json, metrics.csv, last.pt, best.pt, each checkpoint with its .sha256). One process per run: "
+    "another is told the PID that holds it.\n\n"
     "Example: dermctl finetune --task ham10000 --model runs/ibot-vit"
 )
 
@@ -69,6 +68,8 @@ def command(
         bool, typer.Option("--force", help="Restart and replace an existing run and result.")
     ] = False,
 ) -> None:
+    from dermctl.eval.finetune import FinetuneConfig, run_finetune  # torch: not for --help or TAB
+
     state = get_state(ctx)
     config = FinetuneConfig(
         epochs=epochs,
@@ -113,6 +114,8 @@ def command(
     }
 
     def render() -> None:
+        from rich.table import Table
+
         table = Table(title=f"fine-tuned {summary['model']} on {summary['task']} (test)")
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from dermctl.cli.common import emit, get_state, handle_errors, log, make_progress, out_console, parse_csv_list
-from dermctl.data.ingest import IngestOptions, IngestSummary, run_ingest
+
+if TYPE_CHECKING:
+    from dermctl.data.ingest import IngestSummary
 
 NAME = "ingest"
 SHORT_HELP = "Read a data set in its published layout and write a clean, split, de-duplicated manifest."
@@ -59,13 +60,18 @@ def command(
     ] = None,
     label_column: Annotated[
         str | None,
-        typer.Option("--label-column", help="Metadata column holding the label (adapter default)."),
+        typer.Option(
+            "--label-column",
+            help="Metadata column holding the label, in any case [default: the adapter's; csv: the first of "
+            "label, labels, class, class_name, diagnosis, dx, target].",
+        ),
     ] = None,
     group_column: Annotated[
         str | None,
         typer.Option(
             "--group-column",
-            help="csv: column holding the group, e.g. patient_id [default: 'group' if present].",
+            help="csv: column holding the group, in any case [default: the first of group, patient_id, "
+            "patient, subject_id, subject, lesion_id, lesion, case_id].",
         ),
     ] = None,
     granularity: Annotated[
@@ -79,7 +85,12 @@ def command(
         ),
     ] = None,
     unlabelled: Annotated[
-        bool, typer.Option("--unlabelled", help="folder/csv: ignore labels and ingest a pretraining corpus.")
+        bool,
+        typer.Option(
+            "--unlabelled",
+            help="folder/csv: ingest a pretraining corpus, ignoring labels (csv: needed for a table without a "
+            "label column).",
+        ),
     ] = False,
     exclude: Annotated[
         list[str] | None,
@@ -120,6 +131,8 @@ def command(
         bool, typer.Option("--force", help="Replace an existing manifest whose content would change.")
     ] = False,
 ) -> None:
+    from dermctl.data.ingest import IngestOptions, run_ingest
+
     state = get_state(ctx)
     excludes = [Path(item) for value in (exclude or []) for item in parse_csv_list("--exclude", value)]
     options = IngestOptions(
@@ -155,6 +168,8 @@ def command(
 
 
 def _render(summary: IngestSummary) -> None:
+    from rich.table import Table
+
     labels = sorted({label for per in summary.counts.values() for label in per})
     table = Table(title=f"{summary.name}: {summary.variant} ({summary.role})")
     table.add_column("label")

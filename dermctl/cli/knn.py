@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dermctl.cli.common import emit, get_state, handle_errors, make_progress, out_console, parse_csv_list
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAME = "knn"
 SHORT_HELP = "Few-shot kNN evaluation on cached embeddings (FAISS)."
@@ -38,6 +39,8 @@ def parse_k(value: str) -> int | str:
 
 def render_summaries(console: Console, protocol: str, summaries: Sequence[Any]) -> None:
     """A table of macro-F1 (%) per model: headline with its 95 % CI, then each curve point's mean ± std."""
+    from rich.table import Table
+
     shots: list[Any] = []
     for s in summaries:
         for p in s.curve:

@@ -28,7 +28,8 @@ HELP = (
     "runs/<name>/ (default name <method>-<backbone>): config.json, metrics.csv, run.json, checkpoints/ and "
     "the exported backbone of the best val-loss epoch (backbone.safetensors + backbone.json). Stops early "
     "after --patience epochs without val-loss improvement. Ctrl-C / SIGTERM checkpoint and exit 130; "
-    "--resume continues a run exactly. Config precedence: method defaults < --config < --set < flags; "
+    "--resume continues a run exactly (a run killed before its first checkpoint starts afresh); --force "
+    "replaces a run folder that no process is using. Config precedence: method defaults < --config < --set < flags; "
     "--print-config shows the result."
 )
 
@@ -80,6 +81,10 @@ def command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing run folder (not one in use) and start afresh."),
     ] = False,
     exclude: Annotated[
         list[Path] | None,
@@ -135,6 +140,8 @@ def command(
         raise UsageError("--data: missing (give a manifest CSV or a folder of them)")
     run_name = name or default_run_name(cfg)
     saved = ws.runs / run_name / "config.json"
+    if resume and force:
+        raise UsageError("--resume and --force: choose one (continue the run, or replace it)")
     if resume and saved.is_file():
         # A resumed run starts from its own config; explicit options must agree with it (checked by the engine).
         cfg = build_config(method, config, overrides, base=read_json(saved).get("config", {}))
@@ -159,6 +166,7 @@ def command(
             ws,
             name=run_name,
             resume=resume,
+            force=force,
             exclude=list(exclude or []),
             allow_task_images=allow_task_images,
             progress=on_step,

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
+from dermctl.cli.choices import REPORT_FORMATS
 from dermctl.cli.common import emit, get_state, handle_errors, log, out_console, parse_csv_list
-from dermctl.report import FORMATS, make_report
-from dermctl.report.tables import to_rich
 
 NAME = "report"
 SHORT_HELP = "Collect results into the paper's Table 2 and Figure 1 (Markdown, CSV, LaTeX, PNG, SVG, HTML)."
@@ -49,9 +48,12 @@ def command(
         ),
     ] = None,
     formats: Annotated[
-        str, typer.Option("--format", "-f", help=f"Comma-separated outputs among {','.join(FORMATS)}.")
-    ] = ",".join(FORMATS),
+        str, typer.Option("--format", "-f", help=f"Comma-separated outputs among {','.join(REPORT_FORMATS)}.")
+    ] = ",".join(REPORT_FORMATS),
 ) -> None:
+    from dermctl.report import make_report
+    from dermctl.report.tables import to_rich
+
     state = get_state(ctx)
     ws = state.workspace
     report = make_report(

@@ -5,8 +5,10 @@ image_size / 0.875 (bicubic; 256 for 224), centre-crop image_size, normalise wit
 Features follow the backbone's feature rule (Gröger et al.: ResNet average pool, ViT class tokens of the
 last 4 blocks). Rows are streamed to disk batch by batch into a temporary file renamed when complete.
 
-An existing file is reused when its manifest hash, checkpoint hash, feature rule and image size match
-the current ones; anything else (or `force`) rebuilds it.
+Images are first checked against the manifest's sha256 (`dermctl.data.verify`; a changed image is refused).
+An existing file is reused when its manifest hash, the hash of the images' hashes, checkpoint hash, feature
+rule and image size match the current ones; anything else (or `force`) rebuilds it. The file is
+`embeddings/<model_id>/<task key>.h5` (`Workspace.task_key`: tasks named alike never share a file).
 """
 
 from __future__ import annotations
@@ -23,14 +25,8 @@ import numpy as np
 import torch
 
 from dermctl.data.images import open_rgb
-from dermctl.data.manifest import (
-    Manifest,
-    check_images,
-    fill_hashes,
-    find_manifests,
-    find_task,
-    read_manifest,
-)
+from dermctl.data.manifest import Manifest, find_manifests, find_task, read_manifest
+from dermctl.data.verify import images_key, verify_images
 from dermctl.errors import DataError, DermctlError, UnavailableError, UsageError
 from dermctl.eval.embeddings import EmbeddingWriter, read_attrs, sealed_path
 from dermctl.eval.models import LoadedModel, resolve_model
@@ -133,9 +129,15 @@ def _auto_workers(n: int) -> int:
 
 
 def is_reusable(
-    path: Path, manifest_sha256: str, checkpoint_sha256: str, feature_rule: str, image_size: int
+    path: Path,
+    manifest_sha256: str,
+    checkpoint_sha256: str,
+    feature_rule: str,
+    image_size: int,
+    images_sha256: str = "",
 ) -> bool:
-    """True when `path` is a complete embeddings file built from exactly these inputs."""
+    """True when `path` is a complete embeddings file built from exactly these inputs (images included:
+    a file without `images_sha256`, from dermctl 0.1.0, is rebuilt)."""
     if not path.is_file():
         return False
     try:
@@ -145,6 +147,7 @@ def is_reusable(
     return (
         attrs.get("complete") is True
         and attrs.get("manifest_sha256") == manifest_sha256
+        and attrs.get("images_sha256") == images_sha256
         and attrs.get("checkpoint_sha256") == checkpoint_sha256
         and attrs.get("feature_rule") == feature_rule
         and int(attrs.get("image_size", -1)) == int(image_size)
@@ -163,8 +166,10 @@ def embed_manifest(
     force: bool = False,
     progress: ProgressFn | None = None,
     dist: Dist | None = None,
+    workspace: Workspace | None = None,
 ) -> EmbedOutcome:
-    """Embed one task manifest into `target` (or reuse it); see the module docstring.
+    """Embed one task manifest into `target` (or reuse it); see the module docstring. The image hash
+    cache is the workspace's (default: the manifest's folder).
 
     Under torchrun (`dist` with world size > 1) each process embeds a contiguous share of the rows and
     rank 0 gathers them in row order and writes the one file, identical to a single process's."""
@@ -181,13 +186,14 @@ def embed_manifest(
     manifest = read_manifest(manifest_path)
     task = manifest.name
     manifest_sha = sha256_file(manifest_path)
-    if not force and is_reusable(target, manifest_sha, loaded.checkpoint_sha256, rule, size):
+    # Before reuse too: features of an image replaced since ingest must be neither made nor handed out.
+    paths = verify_images(manifest, workspace.manifests if workspace else Path(manifest_path).parent)
+    images_sha = images_key(manifest)
+    if not force and is_reusable(target, manifest_sha, loaded.checkpoint_sha256, rule, size, images_sha):
         attrs = read_attrs(target)
         return EmbedOutcome(
             task, target, "reused", int(attrs.get("n", 0)), int(attrs.get("dim", 0)), 0.0, 0.0
         )
-    paths = check_images(manifest)
-    fill_hashes(manifest)
     dev = resolve_device(device)
     if dist.enabled and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", dist.local_rank)
@@ -205,6 +211,7 @@ def embed_manifest(
         "backbone": meta.timm_name,
         "checkpoint_sha256": loaded.checkpoint_sha256,
         "manifest_sha256": manifest_sha,
+        "images_sha256": images_sha,
         "class_names": classes,
         "feature_rule": rule,
         "image_size": size,
@@ -345,7 +352,7 @@ def embed(
         embed_manifest(
             loaded,
             m,
-            workspace.embedding_path(loaded.model_id, read_manifest(m).name),
+            workspace.embedding_path(loaded.model_id, workspace.task_key(m)),
             feature_rule,
             image_size,
             batch_size,
@@ -354,6 +361,7 @@ def embed(
             force,
             progress,
             dist,
+            workspace,
         )
         for m in manifests
     ]

@@ -1,6 +1,7 @@
 """The embeddings file: frozen features of one task's images under one model, in HDF5.
 
-`embeddings/<model_id>/<task>.h5` (written by `dermctl embed`, or by users bringing their own features)::
+`embeddings/<model_id>/<task key>.h5` (`Workspace.task_key`: the task's name, plus a hash of the manifest's
+path for a manifest outside the workspace; written by `dermctl embed`, or by users bringing their own features)::
 
     features      (N, D) float32   one row per manifest row, in manifest order
     labels        (N,)   int64     index into the class_names attribute; -1 = unlabelled
@@ -12,7 +13,7 @@
     extra/<col>   (N,)   utf-8     adapter extra columns of the manifest, e.g. extra/skin_type
 
     attributes: format ("dermctl.embeddings/1"), model_id, init, backbone, checkpoint_sha256,
-    manifest_sha256, class_names (JSON list), feature_rule, image_size, mean, std (JSON lists),
+    manifest_sha256, images_sha256 (hash of the rows' image hashes), class_names (JSON list), feature_rule, image_size, mean, std (JSON lists),
     channels ("rgb" | "green"), dermctl_version, complete (true only once every row is written)
 
 Only features, labels, split and the class_names attribute are required to evaluate; an empty
@@ -22,8 +23,10 @@ manifest_sha256 disables the "built from this manifest" check.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,12 +333,23 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     )
 
 
-def models_with_embeddings(workspace: Workspace, task: str) -> list[str]:
-    """Model ids that have embeddings of `task` (sorted)."""
+def models_with_embeddings(
+    workspace: Workspace, task: str, manifest_path: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Model ids that have embeddings of `task` (sorted). With `manifest_path`, of exactly that manifest
+    (its task key); else of any task of that name (`<task>.h5` or `<task>-<8 hex>.h5`)."""
     root = workspace.embeddings
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / f"{task}.h5").is_file())
+    if manifest_path is not None:
+        key = workspace.task_key(manifest_path)
+        return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / f"{key}.h5").is_file())
+    pattern = re.compile(re.escape(task) + r"(-[0-9a-f]{8})?\.h5")
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and any(pattern.fullmatch(f.name) for f in d.glob(glob.escape(task) + "*.h5"))
+    )
 
 
 SKIN_TYPE_COLUMN = "skin_type"  # Fitzpatrick skin type extra (1-6, -1 unknown) of Fitzpatrick17k-like tasks
@@ -403,7 +417,7 @@ def load_task_embeddings(workspace: Workspace, model_id: str, task: str, manifes
     (DataError otherwise) and that train and test hold labelled images."""
     from dermctl.provenance import sha256_file
 
-    path = workspace.embedding_path(model_id, task)
+    path = workspace.embedding_path(model_id, workspace.task_key(manifest_path))
     if not path.is_file():
         raise DataError(
             f"{path}: no embeddings of task {task!r} for model {model_id!r} (run `dermctl embed --model ... --task {task}`)"

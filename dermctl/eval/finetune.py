@@ -17,13 +17,16 @@ Recipe (the task's documented choices):
     early stop    on val macro-F1 (default) or val loss, `patience` epochs without improvement.
 
 Run folder `runs/finetune-<model_id>-<task>/`: config.json (config + provenance), metrics.csv (one row per
-epoch), last.pt (resumable: model, optimiser, history, early-stopping state; plain containers only, loaded
-with `weights_only=True`) and best.pt (model state of the best epoch). Each epoch is seeded from
+epoch), last.pt (resumable: model, optimiser, history, early-stopping state) and best.pt (model state of the
+best epoch), each with its `.sha256` sidecar (`dermctl.train.checkpoint`: plain containers only, the hash
+checked before `torch.load(weights_only=True)`; an altered file is refused, never loaded). Images are
+checked against the manifest's sha256 before training (`dermctl.data.verify`). Each epoch is seeded from
 (seed, epoch) so a resumed run repeats the uninterrupted one exactly on the same device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -40,25 +43,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dermctl.data.images import open_rgb
-from dermctl.data.manifest import (
-    Manifest,
-    Row,
-    check_images,
-    fill_hashes,
-    find_task,
-    read_manifest,
-    validate_task,
-)
+from dermctl.data.manifest import Manifest, Row, fill_hashes, find_task, read_manifest, validate_task
+from dermctl.data.verify import verify_images
 from dermctl.errors import ConflictError, DataError, TrainingError, UnavailableError, UsageError
 from dermctl.eval.metrics import by_group, classification_report, macro_f1
 from dermctl.eval.models import resolve_model
 from dermctl.eval.results import test_split_hash, write_result
 from dermctl.models.backbone import BackboneMeta, extract_features, feature_dim, select_channels
 from dermctl.provenance import provenance, sha256_file
+from dermctl.train.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 from dermctl.train.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.train.schedules import cosine_schedule
 from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
-from dermctl.workspace import Workspace, atomic_path, atomic_write_json, atomic_write_text
+from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, run_lock
 
 EARLY_STOP_MODES = ("f1", "loss")
 CROP_SCALE = (0.5, 1.0)
@@ -319,7 +316,12 @@ def run_finetune(
     manifest = read_manifest(find_task(workspace.manifests, task))
     validate_task(manifest)
     loaded = resolve_model(model, workspace, backbone=backbone, weights=Path(weights) if weights else None)
-    return finetune(workspace, manifest, loaded, config, resume=resume, force=force, log=log)
+    dist = dist_from_env(config.device)
+    # One process per run folder (as pretrain): a second one is told the PID instead of mixing checkpoints.
+    run_dir = workspace.runs / f"finetune-{loaded.model_id}-{manifest.name}"
+    lock = run_lock(run_dir, "dermctl finetune") if dist.is_main else contextlib.nullcontext()
+    with lock:
+        return finetune(workspace, manifest, loaded, config, resume=resume, force=force, log=log, dist=dist)
 
 
 def finetune(
@@ -346,7 +348,9 @@ def finetune(
     say = (log or (lambda _m: None)) if dist.is_main else (lambda _m: None)
     config.validate()
     validate_task(manifest)
-    check_images(manifest)  # before any work: a DataLoader worker's error would come back as a traceback
+    # Before any work (a DataLoader worker's error would come back as a traceback): every image exists
+    # and is the one the manifest lists.
+    verify_images(manifest, workspace.manifests)
     task = manifest.name
     model_id = str(loaded.model_id)
     meta: BackboneMeta = loaded.meta
@@ -441,7 +445,7 @@ def finetune(
         skip, partial = int(state.get("batch", 0)), tuple(state.get("partial", (0.0, 0.0)))
     elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (last_path, best_path):
+        for stale in (last_path, best_path, sidecar_path(last_path), sidecar_path(best_path)):
             stale.unlink(missing_ok=True)  # --force: an earlier run's checkpoints must not mix with this one
 
     inputs = {"manifest": saved_config["manifest_sha256"]} if manifest.path else {}
@@ -778,17 +782,11 @@ def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save(path: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_checkpoint(obj, path)  # atomic, with its .sha256 sidecar
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or code-carrying files
-        raise DataError(
-            f"{path}: cannot load checkpoint safely ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-        ) from exc
+    state = load_checkpoint(path)  # the sidecar hash is checked first: an altered file is never loaded
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise DataError(f"{path}: not a dermctl fine-tuning checkpoint (expected keys 'model' and 'epoch')")
     return state

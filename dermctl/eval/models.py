@@ -142,7 +142,7 @@ def resolve_model(
                 if workspace.runs.is_dir()
                 else []
             )
-            raise UsageError(
+            raise DataError(
                 f"--model: {spec!r} is not a run in {workspace.runs}, an exported backbone folder/file, "
                 f"'imagenet' or 'random'" + (f" (runs here: {', '.join(runs)})" if runs else "")
             )

@@ -159,6 +159,13 @@ def collect(
         )
     records = [load_result(f) for f in files]
     if tasks:
+        known = {task_key(r.task): r.task for r in records}
+        unknown = [t for t in tasks if task_key(t) not in known]
+        if unknown:  # a typo must not overwrite a good report with an empty one
+            raise DataError(
+                f"--tasks: no results for task {unknown[0]!r} in {results_dir} "
+                f"(tasks with results: {', '.join(sorted(set(known.values())))})"
+            )
         wanted = {task_key(t) for t in tasks}
         records = [r for r in records if task_key(r.task) in wanted]
     statuses = run_statuses(runs_dir)

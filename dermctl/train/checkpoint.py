@@ -5,7 +5,8 @@ dicts), written atomically, with its SHA-256 in a sidecar `<file>.sha256` (`sha2
 checkpoint is being replaced the sidecar briefly lists the new and the old hash, either verifies). Loading
 checks the hash first (a truncated or altered file is named and refused), then uses
 `torch.load(weights_only=True)`, so a file that needs pickle code execution is refused and its payload
-never runs.
+never runs. Pretraining (`dermctl.train.engine`) and fine-tuning (`dermctl.eval.finetune`) checkpoints
+both go through here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     target = Path(path)
     side = sidecar_path(target)
     with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+        # Through a Python file object, not a path: torch's own writer turns a full disk into a bare
+        # "unexpected pos" RuntimeError, while Python's keeps the OSError (ENOSPC) for atomic_path to name.
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
         digest = sha256_file(tmp)
         # Two files cannot be renamed at once: list the old and the new hash while the checkpoint is
         # swapped, so a kill between the two renames leaves a pair that still verifies.

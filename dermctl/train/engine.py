@@ -20,7 +20,6 @@ import contextlib
 import csv
 import io
 import math
-import os
 import random
 import re
 import signal
@@ -73,7 +72,13 @@ from dermctl.train.early_stopping import EarlyStopping
 from dermctl.train.health import EpochLogs, KnnMonitor
 from dermctl.train.schedules import constant_schedule, cosine_schedule
 from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
-from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, read_json
+from dermctl.workspace import (
+    Workspace,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    run_lock,
+)
 
 STATUSES = ("running", "finished", "early_stopped", "diverged", "collapsed", "interrupted")
 BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "weight_decay", "momentum")
@@ -296,38 +301,6 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """One process per run folder; a lock left by a dead process is taken over."""
-    lock = run_dir / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            except PermissionError:
-                pass
-            raise ConflictError(
-                f"{run_dir}: run is locked by process {pid} (another `dermctl pretrain` on it)"
-            ) from None
-    else:
-        raise ConflictError(f"{run_dir}: cannot take the run lock {lock}")
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-
-
 # -- the engine --------------------------------------------------------------------------------
 
 
@@ -370,6 +343,7 @@ class _Trainer:
         self.collapsed_epochs: list[int] = []
         self.warnings: list[str] = []
         self.flag = StopFlag()
+        self.last_status: str | None = None  # what run.json says now (written by this process)
 
     # -- persistence ---------------------------------------------------------------------------
     def state(self, acc: dict[str, Any] | None) -> dict[str, Any]:
@@ -434,6 +408,7 @@ class _Trainer:
         if not self.dist.is_main:
             return
         best = self.stopper.best
+        self.last_status = None  # unknown until the write below succeeds
         atomic_write_json(
             self.run_dir / "run.json",
             {
@@ -449,6 +424,23 @@ class _Trainer:
                 "message": message,
             },
         )
+        self.last_status = status
+
+    def failed(self, exc: BaseException) -> None:
+        """After an error that wrote no status of its own (a full disk, a bad image, a second Ctrl-C),
+        run.json must not stay "running": it says "interrupted" with the error (--resume continues from
+        the last checkpoint); when even that cannot be written (the disk is full), it is removed."""
+        if not self.dist.is_main or self.last_status not in ("running", None):
+            return
+        if self.last_status is None and not (self.run_dir / "run.json").is_file():
+            return
+        text = exc.message if isinstance(exc, DermctlError) else f"{type(exc).__name__}: {exc}"
+        line = (text.strip().splitlines() or ["interrupted"])[0][:300]
+        try:
+            self.write_run("interrupted", f"stopped by an error: {line}; fix it, then continue with --resume")
+        except (DermctlError, OSError):
+            with contextlib.suppress(OSError):
+                (self.run_dir / "run.json").unlink()
 
     # -- one epoch -----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -733,6 +725,7 @@ def pretrain(
     *,
     name: str | None = None,
     resume: bool = False,
+    force: bool = False,
     exclude: list[Path] | None = None,
     allow_task_images: bool = False,
     progress: Callable[[StepUpdate], None] | Any | None = None,
@@ -743,16 +736,21 @@ def pretrain(
     """Pretrain `cfg['method']` on the train rows of `data` manifests into `runs/<name>/`.
 
     Everything is validated before training starts: the config, the backbone name, the device, the run
-    folder (an existing one needs `resume=True`), the data (evaluation images excluded and counted).
-    Raises TrainingError on a NaN/Inf loss (status diverged, resumable checkpoint kept) and
-    RunInterrupted (exit code 130) after checkpointing on SIGINT/SIGTERM.
+    folder (an existing run needs `resume=True`, or `force=True` to replace it), the data (evaluation images
+    excluded and counted, images checked against their manifests' sha256). The run lock
+    (`runs/<name>/.lock`) is taken before the data is read, so a second process of the same run is told at
+    once which PID holds it. `resume=True` on a run without a checkpoint (killed before its first one)
+    starts it afresh. Raises TrainingError on a NaN/Inf loss (status diverged, resumable checkpoint kept)
+    and RunInterrupted (exit code 130) after checkpointing on SIGINT/SIGTERM; any other failure (a full
+    disk, a bad image) leaves run.json at "interrupted" with the error, never at "running".
     """
     dist = dist or dist_from_env(device)
     say = _as_log(log) if dist.is_main else (lambda _m: None)
     progress = _as_progress(progress) if dist.is_main else None
+    if resume and force:
+        raise UsageError("--resume and --force: choose one (continue the run, or replace it)")
     validate_config(cfg)
     per_process_batch(cfg, dist.world_size)
-    sync_bn = use_sync_bn(cfg) and dist.enabled
     method_cls = get_method(cfg["method"])
     check_backbone_name(cfg["backbone"])
     dev = resolve_device(device, dist)
@@ -761,33 +759,121 @@ def pretrain(
     if not _NAME_RE.match(name):
         raise UsageError(f"--name: {name!r} is not a valid run name (letters, digits, . _ + -)")
     run_dir = workspace.runs / name
-    last = run_dir / "checkpoints" / "last.pt"
-    if run_dir.exists() and not resume:
-        raise ConflictError(
-            f"run folder {run_dir} exists; pass --resume to continue it or --name for a new run"
+    if not dist.is_main:  # rank 0 holds the lock and prepares the folder; the others follow its decision
+        return _pretrain_locked(
+            cfg,
+            data,
+            workspace,
+            name,
+            False,
+            exclude,
+            allow_task_images,
+            say,
+            progress,
+            dev,
+            dist,
+            method_cls,
         )
-    if resume:
-        if not last.is_file():
-            raise DataError(f"--resume: {run_dir} has no checkpoint to continue ({last} not found)")
-        saved = read_json(run_dir / "config.json").get("config", {})
-        diffs = resume_differences(saved, cfg)
-        if diffs:
-            k = diffs[0]
-            raise UsageError(
-                f"--resume: config key {k!r} = {cfg.get(k)!r} differs from the run's {saved.get(k)!r} "
-                "(a resumed run keeps its config; use --name for a new run)"
-            )
-        prev = (
-            read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").is_file() else "running"
+    with run_lock(run_dir, "dermctl pretrain"):
+        resume = _prepare_run_dir(run_dir, cfg, resume=resume, force=force, say=say)
+        return _pretrain_locked(
+            cfg,
+            data,
+            workspace,
+            name,
+            resume,
+            exclude,
+            allow_task_images,
+            say,
+            progress,
+            dev,
+            dist,
+            method_cls,
         )
-        if prev in ("finished", "early_stopped", "collapsed"):
-            raise ConflictError(
-                f"--resume: run {run_dir} has already ended (status {prev}); use --name for a new run"
-            )
 
+
+def _shared_resume(dist: Dist, dev: torch.device, resume: bool) -> bool:
+    """Rank 0's decision (resume, or start afresh) for every rank; the first collective of a run, after
+    everything every rank checks alike (so a refused setup fails on all ranks before any collective)."""
+    if not dist.enabled:
+        return resume
+    return dist.all_reduce_sum([1.0 if resume and dist.is_main else 0.0], dev)[0] > 0
+
+
+def _prepare_run_dir(
+    run_dir: Path, cfg: dict[str, Any], *, resume: bool, force: bool, say: Callable[[str], None]
+) -> bool:
+    """Check the (locked) run folder against resume/force; returns whether the run is really resumed."""
+    last = run_dir / "checkpoints" / "last.pt"
+    # Anything but the lock (an empty folder is no run; a folder with files but no checkpoint is a run
+    # killed before its first one).
+    started = any(p.name != ".lock" for p in run_dir.iterdir())
+    if force and started:
+        say(f"--force: replacing run folder {run_dir}")
+        _clear_run_dir(run_dir)
+        return False
+    if started and not resume:
+        raise ConflictError(
+            f"run folder {run_dir} exists; pass --resume to continue it, --force to replace it, "
+            "or --name for a new run"
+        )
+    if not resume:
+        return False
+    if not last.is_file():
+        say(f"--resume: {run_dir} has no checkpoint yet ({last} not found): starting the run afresh")
+        _clear_run_dir(run_dir)
+        return False
+    saved = read_json(run_dir / "config.json").get("config", {})
+    diffs = resume_differences(saved, cfg)
+    if diffs:
+        k = diffs[0]
+        raise UsageError(
+            f"--resume: config key {k!r} = {cfg.get(k)!r} differs from the run's {saved.get(k)!r} "
+            "(a resumed run keeps its config; use --name for a new run)"
+        )
+    prev = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").is_file() else "running"
+    if prev in ("finished", "early_stopped", "collapsed"):
+        raise ConflictError(
+            f"--resume: run {run_dir} has already ended (status {prev}); use --force to replace it or "
+            "--name for a new run"
+        )
+    return True
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove everything of a run folder but its lock (held by this process)."""
+    import shutil
+
+    for p in run_dir.iterdir():
+        if p.name == ".lock":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _pretrain_locked(
+    cfg: dict[str, Any],
+    data: list[Path],
+    workspace: Workspace,
+    name: str,
+    resume: bool,
+    exclude: list[Path] | None,
+    allow_task_images: bool,
+    say: Callable[[str], None],
+    progress: Callable[[StepUpdate], None] | None,
+    dev: torch.device,
+    dist: Dist,
+    method_cls: type[PretrainMethod],
+) -> RunSummary:
+    """The run itself, with the run folder prepared and locked."""
+    run_dir = workspace.runs / name
+    last = run_dir / "checkpoints" / "last.pt"
+    sync_bn = use_sync_bn(cfg) and dist.enabled
     pdata = load_pretrain_data(
         data, workspace, exclude=exclude, allow_task_images=allow_task_images, seed=cfg["seed"]
-    )
+    )  # images checked against their manifests' sha256 here
     check_files(pdata.train + pdata.val)
     with _offline_hint(cfg):
         check_init(cfg["backbone"], cfg["init"])  # at once, not after the hub client's retries
@@ -818,6 +904,7 @@ def pretrain(
     np.random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
 
+    resume = _shared_resume(dist, dev, resume)
     tr = _Trainer(cfg, workspace, name, dev, dist, say, progress)
     tr.ipe = ipe
     tr.monitor = monitor
@@ -836,58 +923,50 @@ def pretrain(
     tr.sched = build_schedules(cfg, ipe, global_batch)
     tr.method_sched = {k: np.asarray(v) for k, v in tr.method.schedules(cfg["epochs"], ipe).items()}
 
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    lock = _run_lock(run_dir) if dist.is_main else contextlib.nullcontext()
-    with lock:
-        data_record = {
-            "train_images": len(pdata.train),
-            "val_images": len(pdata.val),
-            "held_out_val": pdata.held_out,
-            "excluded_task_images": pdata.excluded,
-            "allow_task_images": allow_task_images,
-            "exclude": [str(p) for p in exclude or []],
-            "skipped_task_manifests": pdata.skipped_task_manifests,
-        }
-        if resume:
-            tr.restore(load_checkpoint(last))
-            say(f"resuming {name} at epoch {tr.epoch + 1}" + (f", batch {tr.batch + 1}" if tr.batch else ""))
-            if dist.is_main:
-                record = read_json(run_dir / "config.json")
-                record.setdefault("resumed", []).append(
-                    provenance(cfg, pdata.manifests)
-                    | {"data": data_record, "world_size": dist.world_size, "global_batch": global_batch}
-                )
-                atomic_write_json(run_dir / "config.json", record)
-        elif dist.is_main:
-            record = {
-                "config": cfg,
-                "provenance": provenance(cfg, pdata.manifests),
-                "data": data_record,
-                "device": str(dev),
-                "world_size": dist.world_size,
-                "global_batch": global_batch,
-                "batch_size_per_process": batch_size,
-                "sync_bn": sync_bn,
-                "iterations_per_epoch": ipe,
-            }
-            atomic_write_json(run_dir / "config.json", record)
-        tr.write_run("running")
-
-        def epoch_line(row: dict[str, Any]) -> None:
-            val = row["val_loss"]
-            say(
-                f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f}"
-                + (f", val loss {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "")
-                + (
-                    f", kNN macro-F1 {row['monitor_knn_f1']:.3f}"
-                    if row.get("monitor_knn_f1") is not None
-                    else ""
-                )
-                + f", {row['images_per_s']:.1f} img/s"
+    data_record = {
+        "train_images": len(pdata.train),
+        "val_images": len(pdata.val),
+        "held_out_val": pdata.held_out,
+        "excluded_task_images": pdata.excluded,
+        "allow_task_images": allow_task_images,
+        "exclude": [str(p) for p in exclude or []],
+        "skipped_task_manifests": pdata.skipped_task_manifests,
+    }
+    if resume:
+        tr.restore(load_checkpoint(last))
+        say(f"resuming {name} at epoch {tr.epoch + 1}" + (f", batch {tr.batch + 1}" if tr.batch else ""))
+        if dist.is_main:
+            record = read_json(run_dir / "config.json")
+            record.setdefault("resumed", []).append(
+                provenance(cfg, pdata.manifests)
+                | {"data": data_record, "world_size": dist.world_size, "global_batch": global_batch}
             )
+            atomic_write_json(run_dir / "config.json", record)
+    elif dist.is_main:
+        record = {
+            "config": cfg,
+            "provenance": provenance(cfg, pdata.manifests),
+            "data": data_record,
+            "device": str(dev),
+            "world_size": dist.world_size,
+            "global_batch": global_batch,
+            "batch_size_per_process": batch_size,
+            "sync_bn": sync_bn,
+            "iterations_per_epoch": ipe,
+        }
+        atomic_write_json(run_dir / "config.json", record)
+    tr.write_run("running")
 
+    def epoch_line(row: dict[str, Any]) -> None:
+        val = row["val_loss"]
+        say(
+            f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f}"
+            + (f", val loss {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "")
+            + (f", kNN macro-F1 {row['monitor_knn_f1']:.3f}" if row.get("monitor_knn_f1") is not None else "")
+            + f", {row['images_per_s']:.1f} img/s"
+        )
+
+    try:
         try:
             status = tr.run(epoch_line)
         finally:  # persistent loader workers end with the run, also when it stops early or fails
@@ -896,6 +975,9 @@ def pretrain(
         dump_state_hash(tr.method, dist, {"history": tr.history})
         backbone = tr.export(status)
         tr.write_run(status, "; ".join(tr.warnings))
+    except BaseException as exc:
+        tr.failed(exc)
+        raise
     best = tr.stopper.best
     return RunSummary(
         name=name,

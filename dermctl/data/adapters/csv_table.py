@@ -1,7 +1,13 @@
-"""`csv` adapter: a CSV table with an image path column and optional label and group columns.
+"""`csv` adapter: a CSV table with an image path column, a label column and optional group and id columns.
 
 Paths are relative to the CSV's own folder (absolute paths are kept). `--root` is the CSV file itself or a
 folder holding exactly one CSV (or one named metadata.csv / labels.csv).
+
+Columns are found by name, case-insensitively (`Label`, `LABEL` and `label` are one column), among the
+aliases below, the first alias present winning; `--label-column` / `--group-column` name one explicitly
+(also case-insensitively). A table without a label column is refused unless `--unlabelled` (or
+`--role corpus`) says it is a pretraining corpus: a misspelt label column must never turn a task into an
+unlabelled corpus without a word.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from dermctl.data.adapters.base import (
 from dermctl.errors import DataError, UsageError
 
 PATH_COLUMNS = ("path", "image_path", "file", "filename", "image", "img_path")
-LABEL_COLUMNS = ("label", "class", "diagnosis", "dx", "target")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "target")
+# The coarsest unit first: a patient's lesions, and a lesion's photos, must stay in one split.
+GROUP_COLUMNS = ("group", "patient_id", "patient", "subject_id", "subject", "lesion_id", "lesion", "case_id")
 ID_COLUMNS = ("image_id", "id", "image_name", "isic_id")
 PREFERRED_NAMES = ("metadata.csv", "labels.csv", "manifest.csv")
 ROLES = ("task", "corpus")
@@ -47,21 +55,19 @@ class CsvTableAdapter(Adapter):
         header = [(h or "").strip() for h in (reader.fieldnames or [])]
         if not header:
             raise DataError(f"--root: {csv_path} is empty (expected a header row with a path column)")
-        path_col = next((c for c in PATH_COLUMNS if c in header), None)
+        path_col = find_column(header, PATH_COLUMNS)
         if path_col is None:
             raise DataError(
                 f"--root: {csv_path} has no image path column (expected one of {', '.join(PATH_COLUMNS)}; "
                 f"columns: {', '.join(header)})"
             )
         label_col = self._label_column(options, header, csv_path)
-        group_col = options.group_column or ("group" if "group" in header else None)
-        if group_col is not None and group_col not in header:
-            raise UsageError(
-                f"--group-column: {group_col!r} is not a column of {csv_path} (columns: {', '.join(header)})"
-            )
-        id_col = next((c for c in ID_COLUMNS if c in header), None)
-        used = {path_col, label_col, group_col, id_col}
-        extra_cols = [c for c in header if c not in used and c not in ("label", "split", "group", "path")]
+        group_col = _named_or_found("--group-column", options.group_column, header, GROUP_COLUMNS, csv_path)
+        id_col = find_column(header, ID_COLUMNS)
+        split_col = find_column(header, ("split",))
+        used = {path_col, label_col, group_col, id_col, split_col}
+        reserved = {"label", "split", "group", "path"}  # manifest columns: never carried as extras
+        extra_cols = [c for c in header if c not in used and c.lower() not in reserved]
         base = csv_path.parent
         records: list[Record] = []
         missing: list[str] = []
@@ -77,7 +83,7 @@ class CsvTableAdapter(Adapter):
                 missing.append(rel)
                 continue
             listed.add(p.resolve())
-            split = rec.get("split", "").lower()
+            split = rec.get(split_col, "").lower() if split_col else ""
             records.append(
                 Record(
                     path=p,
@@ -88,6 +94,8 @@ class CsvTableAdapter(Adapter):
                     extras={c: rec.get(c, "") for c in extra_cols},
                 )
             )
+        if not records:
+            raise DataError(_none_found(csv_path, path_col, missing))
         unlisted = [str(p) for p in iter_images(base) if p.resolve() not in listed]
         variant = f"table {csv_path.name} (path column {path_col!r}"
         variant += f", label column {label_col!r}" if label_col else ", no labels"
@@ -102,14 +110,52 @@ class CsvTableAdapter(Adapter):
     def _label_column(self, options: AdapterOptions, header: list[str], csv_path: Path) -> str | None:
         if options.unlabelled:
             return None
-        if options.label_column is not None:
-            if options.label_column not in header:
-                raise UsageError(
-                    f"--label-column: {options.label_column!r} is not a column of {csv_path} "
-                    f"(columns: {', '.join(header)})"
-                )
-            return options.label_column
-        return next((c for c in LABEL_COLUMNS if c in header), None)
+        found = _named_or_found("--label-column", options.label_column, header, LABEL_COLUMNS, csv_path)
+        if found is None and options.role != "corpus":
+            raise DataError(
+                f"--root: {csv_path} has no label column (expected one of {', '.join(LABEL_COLUMNS)}, in any "
+                f"case; columns: {', '.join(header)}): name it with --label-column, or pass --unlabelled to "
+                "ingest the images as an unlabelled pretraining corpus"
+            )
+        return found
+
+
+def find_column(header: list[str], aliases: tuple[str, ...]) -> str | None:
+    """The header's name of the first alias present: spelled exactly, else in any case (`Label`)."""
+    by_lower: dict[str, str] = {}
+    for name in header:
+        by_lower.setdefault(name.lower(), name)
+    for alias in aliases:
+        if alias in header:
+            return alias
+        if alias.lower() in by_lower:
+            return by_lower[alias.lower()]
+    return None
+
+
+def _named_or_found(
+    option: str, named: str | None, header: list[str], aliases: tuple[str, ...], csv_path: Path
+) -> str | None:
+    """The column `option` names (in any case; an unknown one is an error), else the first alias present."""
+    if named is None:
+        return find_column(header, aliases)
+    found = find_column(header, (named,))
+    if found is None:
+        raise UsageError(f"{option}: {named!r} is not a column of {csv_path} (columns: {', '.join(header)})")
+    return found
+
+
+def _none_found(csv_path: Path, path_col: str, missing: list[str]) -> str:
+    """The one line for a table none of whose images exists: where relative paths were looked for."""
+    if not missing:
+        return f"--root: {csv_path} lists no images (a header row and no data rows)"
+    first = Path(missing[0]).expanduser()
+    looked = first if first.is_absolute() else csv_path.parent / first
+    return (
+        f"--root: none of the {len(missing)} images listed in {csv_path} was found (expected e.g. {looked}): "
+        f"relative paths in its {path_col!r} column resolve against the CSV's folder {csv_path.parent}, "
+        "not the current folder"
+    )
 
 
 def find_csv(root: Path) -> Path:
