@@ -110,7 +110,7 @@ def test_folder_adapter_labelled_and_flat(demo: Path, ws: Workspace, tmp_path: P
     s = run_ingest("folder", demo / "images", ws, IngestOptions(workers=1, name="demo-folder"))
     m = read_manifest(s.manifest_path)
     assert s.role == "task" and "class sub-folders (4 classes" in s.variant
-    assert {r.label for r in m.rows} == {"keratosis", "melanoma", "nevus", "vascular"}
+    assert {r.label for r in m.rows} == {"dermatofibroma", "keratosis", "melanoma", "nevus"}
     corpus = generate_unlabelled(tmp_path / "corpus", n=20, size=SIZE, seed=0)
     (corpus / ".DS_Store").write_bytes(b"junk")
     (corpus / "__MACOSX").mkdir()
