@@ -651,3 +651,40 @@ def make_ph2(
         (base / "PH2_dataset.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     info.junk += add_junk(base)
     return info
+
+
+def digit_images(size: int = 32, tint: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 real 8x8 handwritten digits (shipped offline) as (N, size, size, 3) uint8 RGB
+    (bilinear upscaling, ink bright on dark), and their labels (N,).
+
+    `tint` (for ColorMe, which rebuilds red and blue from green: on grey digits that is the identity): red
+    and blue become the strength of the horizontal and vertical strokes at each pixel (absolute vertical
+    and horizontal derivatives of the ink, scaled to [0, 1]). One fixed rule for every image, so the colour
+    carries no label of its own; predicting it, and its histogram, takes knowing where strokes run, which
+    is what a digit is made of."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = (digits.images / 16.0).astype(np.float32)  # (N, 8, 8) in [0, 1]
+    up = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)) for g in gray])
+    up = np.clip(up, 0.0, 1.0)  # (N, size, size)
+    if not tint:
+        rgb = np.repeat(up[..., None], 3, axis=-1)
+    else:
+        scale = size / 8  # a full ink step spans about one original pixel
+        red = np.clip(np.abs(np.gradient(up, axis=1)) * scale, 0.0, 1.0)  # across rows: horizontal strokes
+        blue = np.clip(np.abs(np.gradient(up, axis=2)) * scale, 0.0, 1.0)  # across columns: vertical strokes
+        rgb = np.stack([red, up, blue], axis=-1)
+    return (rgb * 255 + 0.5).astype(np.uint8), digits.target.astype(np.int64)
+
+
+def write_digit_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+    """One PNG per image, named by index, in a flat folder (an unlabelled corpus for `ingest --dataset
+    folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        p = folder / f"digit{i:04d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths

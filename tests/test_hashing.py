@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dermctl.data.demo import DEMO_CLASSES, SKIN_TONES, render_lesion
+from dermctl.data.demo import DEMO_CLASSES, draw_lesion, render_lesion
 from dermctl.data.hashing import hamming, near_duplicate_pairs, phash
 
 
 def _photo(seed: int, w: int = 600, h: int = 450) -> Image.Image:
     rng = np.random.default_rng(seed)
-    arr = render_lesion(rng, max(w, h), DEMO_CLASSES[seed % 4], SKIN_TONES[seed % 6])
+    lesion = draw_lesion(rng, DEMO_CLASSES[seed % 4])
+    arr = render_lesion(rng, max(w, h), lesion, seed % 6 + 1)
     return Image.fromarray(arr).crop((0, 0, w, h))
 
 

@@ -150,11 +150,13 @@ def test_rows_and_columns_in_paper_order(tmp_path: Path) -> None:
         ("fine-tuned", "iBOT"),
         ("fine-tuned", "random"),
     ]
-    # --tasks picks and orders columns; a task without results is an all-dash column
-    table = build_table2(collect(res, tasks=["ham10000", "isic2019"]), tasks=["ham10000", "isic2019"])
-    assert table.columns == ["ham10000", "isic2019"]
-    assert all(r.cells["isic2019"] is None for r in table.rows)
-    assert "| linear | ImageNet | 50.0 [40.0, 60.0] | — |" in to_markdown(table)
+    # --tasks picks and orders columns; a task without any result (a typo) is refused, naming it
+    table = build_table2(
+        collect(res, tasks=["ham10000", "fitzpatrick17k"]), tasks=["ham10000", "fitzpatrick17k"]
+    )
+    assert table.columns == ["ham10000", "fitzpatrick17k"]
+    with pytest.raises(DataError, match="isic2019"):
+        collect(res, tasks=["ham10000", "isic2019"])
 
 
 def test_mismatched_test_splits_refused_naming_both_files(tmp_path: Path) -> None:

@@ -37,9 +37,15 @@ class _Console(Console):
     that a script can cut out. Whether the output is a terminal is asked at each print, so that a console
     made at import time follows a redirected sys.stdout / sys.stderr."""
 
+    def __init__(self, *args: Any, width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, width=width, **kwargs)
+        # rich takes an exported COLUMNS as a fixed width (pytest-xdist workers and some shells export 80):
+        # only a width given here is fixed; otherwise a terminal's own size, or no wrapping off a terminal.
+        self._given_width = width
+
     @property
     def size(self) -> ConsoleDimensions:
-        if self._width is None and not self.is_terminal:
+        if self._given_width is None and not self.is_terminal:
             return ConsoleDimensions(UNWRAPPED_WIDTH, super().size.height)
         return super().size
 
