@@ -114,6 +114,10 @@ def test_out_of_range_indices_are_refused_before_the_unchecked_loop() -> None:
 def _torch_work_in_child() -> None:
     import torch
 
+    # One thread, as a DataLoader worker runs: a forked child that re-enters the OpenMP team the parent's
+    # earlier tests kept busy can hang on its own (seen under pytest-xdist after the training tests); what
+    # this test guards is numba's kernels corrupting libgomp for every forked child.
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(256, 256)
     (x @ x).sum().item()

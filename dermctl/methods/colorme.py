@@ -203,14 +203,19 @@ class ColorMeStudyLoss(nn.Module):
         rb_target: torch.Tensor,
         hist_logits: torch.Tensor,
         hist_target: torch.Tensor,
+        kl_scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """pred_rb (B, 2, H, W) linear output; green (B, 1, H, W) the normalised input; rb_target (B, 2, H, W)
-        normalised red/blue. Returns (total loss, {"mse", "kl"} detached, unweighted)."""
+        normalised red/blue. Returns (total loss, {"mse", "kl"} detached, unweighted). `kl_scale` multiplies
+        the KL term (the engine's DDP correction for a batch sum); 1 everywhere else."""
         pred = torch.cat([pred_rb[:, :1], green, pred_rb[:, 1:]], dim=1).float()
         target = torch.cat([rb_target[:, :1], green, rb_target[:, 1:]], dim=1).float()
         mse = F.mse_loss(pred, target)
         kl = colour_distribution_kl(hist_logits, hist_target, self.bins, self.kl_reduction, joint=True)
-        return self.mse_weight * mse + self.kl_weight * kl, {"mse": mse.detach(), "kl": kl.detach()}
+        return self.mse_weight * mse + self.kl_weight * kl_scale * kl, {
+            "mse": mse.detach(),
+            "kl": kl.detach(),
+        }
 
 
 class _DecoderBlock(nn.Module):
@@ -455,17 +460,19 @@ class ColorMe(PretrainMethod):
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         green, rb = batch["green"], batch["rb"]
         recon, hist_logits, pooled = self.unet(green)
+        # With a sum over the batch, DDP's gradient averaging would divide the KL term by the world size:
+        # scale the local sum by it so that the term stays a sum over the GLOBAL batch and a DDP run equals
+        # one process at the same global batch (dermctl's rule for every method; the authors' code summed
+        # per process, which equals this on one GPU).
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        kl_scale = float(world) if self.criterion.kl_reduction == "sum" else 1.0
         if self.study:
-            # The authors' KL is a sum over each process's batch and DDP averages the gradients, so the term's
-            # weight is per process batch (50 in Table 1) at any world size: no correction here.
             target = joint_colour_histograms(rb, self.criterion.bins, str(self.cfg["hist_range"]))
-            loss, parts = self.criterion(recon, green, normalise_rb(rb), hist_logits, target)
+            loss, parts = self.criterion(
+                recon, green, normalise_rb(rb), hist_logits, target, kl_scale=kl_scale
+            )
         else:
             target = colour_histograms(rb, self.criterion.bins)
-            # With a sum over the batch, DDP's gradient averaging would divide the KL term by the world size:
-            # scale the local sum by it so that the term stays a sum over the GLOBAL batch, as one process.
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-            kl_scale = float(world) if self.criterion.kl_reduction == "sum" else 1.0
             loss, parts = self.criterion(recon, rb, hist_logits, target, kl_scale=kl_scale)
         logs = {"mse": float(parts["mse"]), "kl": float(parts["kl"])}
         if pooled.shape[0] > 1:  # informative only; undefined for a single image
