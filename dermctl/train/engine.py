@@ -759,23 +759,13 @@ def pretrain(
     if not _NAME_RE.match(name):
         raise UsageError(f"--name: {name!r} is not a valid run name (letters, digits, . _ + -)")
     run_dir = workspace.runs / name
-    if not dist.is_main:  # rank 0 holds the lock and prepares the folder; the others follow its decision
-        return _pretrain_locked(
-            cfg,
-            data,
-            workspace,
-            name,
-            False,
-            exclude,
-            allow_task_images,
-            say,
-            progress,
-            dev,
-            dist,
-            method_cls,
-        )
-    with run_lock(run_dir, "dermctl pretrain"):
-        resume = _prepare_run_dir(run_dir, cfg, resume=resume, force=force, say=say)
+    # rank 0 holds the lock and prepares the folder; the other ranks follow its decision
+    lock = run_lock(run_dir, "dermctl pretrain") if dist.is_main else contextlib.nullcontext()
+    with lock:
+        if dist.is_main:
+            resume = _prepare_run_dir(run_dir, cfg, resume=resume, force=force, say=say)
+        else:
+            resume = False
         return _pretrain_locked(
             cfg,
             data,
