@@ -248,7 +248,7 @@ def dermctl_overrides(method: str, epochs: int, seed: int, dino_export: str | No
 def _set_args(overrides: dict[str, Any]) -> list[str]:
     args = []
     for k, v in overrides.items():
-        value = json.dumps(v) if isinstance(v, list | bool) else str(v)
+        value = json.dumps(v) if isinstance(v, list | bool | dict) else str(v)
         args += ["--set", f"{k}={value}"]
     return args
 

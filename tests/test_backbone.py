@@ -89,6 +89,22 @@ def test_export_loads_in_dermctl_and_plain_timm(tmp_path):
     assert select_channels(torch.randn(2, 3, 4, 4), "green").shape == (2, 1, 4, 4)
 
 
+def test_backbone_kwargs_travel_with_the_export(tmp_path):
+    """A ViT built with timm arguments (patch 4 on 32 px) exports them; loading rebuilds the same net."""
+    torch.manual_seed(2)
+    kwargs = {"patch_size": 4, "img_size": 32, "depth": 2}
+    m = create_backbone("vit_tiny_patch16_224", model_kwargs=kwargs).eval()
+    assert m.patch_embed.patch_size == (4, 4) and len(m.blocks) == 2
+    meta = BackboneMeta(
+        timm_name="vit_tiny_patch16_224", feature_rule="cls4", input_size=32, model_kwargs=kwargs
+    )
+    export_backbone(m, tmp_path, meta)
+    loaded, meta2 = load_exported(tmp_path)
+    assert meta2.model_kwargs == kwargs
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(extract_features(loaded.eval(), x, "cls"), extract_features(m, x, "cls"), atol=1e-6)
+
+
 def test_altered_export_detected(tmp_path):
     m = create_backbone("resnet18")
     weights = export_backbone(m, tmp_path, BackboneMeta(timm_name="resnet18", feature_rule="avgpool"))

@@ -33,6 +33,18 @@ def test_round_trip_and_sidecar(tmp_path):
     assert not [q for q in p.parent.iterdir() if q.name.endswith(".tmp")]
 
 
+def test_copies_share_bytes_and_hash_and_survive_the_next_save(tmp_path):
+    """best.pt is written once with last.pt (no second serialisation); replacing last.pt later leaves it."""
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint(_state(), last, [best])
+    assert sidecar_path(best).read_text().split() == [sha256_file(best), "best.pt"]
+    assert sha256_file(best) == sha256_file(last)
+    newer = _state() | {"epoch": 4}
+    save_checkpoint(newer, last)
+    assert load_checkpoint(best)["epoch"] == 3 and load_checkpoint(last)["epoch"] == 4
+    assert not [q for q in tmp_path.iterdir() if q.name.endswith(".tmp")]
+
+
 def test_altered_and_truncated_files_are_named(tmp_path):
     p = save_checkpoint(_state(), tmp_path / "last.pt")
     data = bytearray(p.read_bytes())

@@ -129,6 +129,24 @@ def test_probe_and_stratified(ws: Path) -> None:
     assert st["test_split_sha256"] == res["test_split_sha256"]
 
 
+def test_protocol_paper_is_stored_beside_the_honest_result(ws: Path) -> None:
+    r = run(ws, "--json", "knn", "--task", "toy", "--shots", "1,all", "--repeats", "3", "--protocol", "paper")
+    assert r.exit_code == 0, r.output
+    res = read_result(ws / "results/knn-paper/random-resnet10t/toy.json")
+    assert res["protocol"] == "knn-paper" and res["config"]["k_chosen_on"] == "test"
+    assert all(p["macro_f1_max"] == max(p["values"]) for p in res["curve"])
+    r = run(
+        ws, "--json", "probe", "--task", "toy", "--shots", "2,all", "--repeats", "2", "--protocol", "paper"
+    )
+    assert r.exit_code == 0, r.output
+    lin = read_result(ws / "results/linear-paper/random-resnet10t/toy.json")
+    assert lin["protocol"] == "linear-paper" and "LogisticRegression()" in lin["config"]["classifier"]
+    one_line_error(run(ws, "knn", "--task", "toy", "--protocol", "optimistic"), 2, "--protocol")
+    one_line_error(
+        run(ws, "probe", "--task", "toy", "--model", "stratified", "--protocol", "paper"), 2, "stratified"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needles"),
     [

@@ -55,6 +55,8 @@ def test_unknown_method():
         ("momentum_teacher", 1.5),
         ("warmup_epochs", -1),
         ("epochs", True),
+        ("backbone_kwargs", [4]),
+        ("backbone_kwargs", "patch_size=4"),
     ],
 )
 def test_bad_values_name_key_and_value(key, value):
@@ -72,8 +74,17 @@ def test_bad_toml_is_data_error(tmp_path):
         load_config_file(tmp_path / "missing.toml")
 
 
+def test_backbone_kwargs_owned_by_dermctl_refused():
+    with pytest.raises(UsageError, match="in_chans is set by dermctl itself"):
+        build_config("tinytest", None, {"backbone_kwargs": {"in_chans": 1, "patch_size": 4}})
+
+
 def test_toml_round_trip():
-    cfg = build_config("tinytest", None, {"weight_decay_end": None, "monitor_task": 'a "quoted" name'})
+    cfg = build_config(
+        "tinytest",
+        None,
+        {"weight_decay_end": None, "monitor_task": 'a "quoted" name', "backbone_kwargs": {"patch_size": 4}},
+    )
     text = to_toml(cfg)
     back = tomllib.loads(text)
     assert back == {k: v for k, v in cfg.items() if v is not None}

@@ -182,12 +182,28 @@ def test_nan_loss_stops_with_resumable_checkpoint(setup):
     assert len(_metrics(run / "metrics.csv")) == 1
 
 
+def _assert_exported(run, model_state):
+    ours, _ = load_exported(run)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, model_state[f"backbone.{k}"]), k
+
+
 def test_early_stopping_and_collapse_flag(setup):
     ws, man, _ = setup
     # min_delta so large that no epoch after the first improves: stops after exactly `patience` more.
     cfg = build_config("tinytest", None, {"epochs": 10, "patience": 2, "min_delta": 100.0})
     s = pretrain(cfg, [man], ws, name="es", device="cpu")
     assert s.status == "early_stopped" and s.epochs_run == 3 and s.best_epoch == 1
+    assert s.exported_epoch == 1
+    best = load_checkpoint(ws.runs / "es" / "checkpoints" / "best.pt")["model"]
+    _assert_exported(ws.runs / "es", best)
+    # export_epoch = last (DINO/iBOT's default): the backbone of the epoch the run ended on
+    s = pretrain(dict(cfg, export_epoch="last"), [man], ws, name="es-last", device="cpu")
+    assert (s.best_epoch, s.exported_epoch) == (1, 3)
+    last = load_checkpoint(ws.runs / "es-last" / "checkpoints" / "last.pt")["model"]
+    assert not all(torch.equal(last[k], best[k]) for k in best if k.startswith("backbone."))
+    _assert_exported(ws.runs / "es-last", last)
+    assert json.loads((ws.runs / "es-last" / "backbone.json").read_text())["extra"]["exported_epoch"] == 3
     cfg = build_config("tinytest", None, {"epochs": 1, "collapse_std": 10.0})
     s = pretrain(cfg, [man], ws, name="col", device="cpu")
     assert s.status == "collapsed" and s.warnings

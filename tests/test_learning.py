@@ -129,10 +129,19 @@ def knn_fewshot_f1(feats: np.ndarray, labels: np.ndarray, k: int = 20, temperatu
     return float(np.mean(scores))
 
 
-def floor_f1(backbone: str, images: np.ndarray, labels: np.ndarray, rule: str, channels: str) -> float:
+def floor_f1(
+    backbone: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    rule: str,
+    channels: str,
+    model_kwargs: dict[str, Any] | None = None,
+) -> float:
     """Random init with BatchNorm statistics re-estimated on the images: what a non-learning engine exports."""
     torch.manual_seed(0)
-    model = create_backbone(backbone, "random", in_chans=1 if channels == "green" else 3)
+    model = create_backbone(
+        backbone, "random", in_chans=1 if channels == "green" else 3, model_kwargs=model_kwargs
+    )
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
@@ -156,7 +165,7 @@ def pretrain_and_score(tmp: Path, method: str, overrides: dict[str, Any]) -> tup
     assert summary.backbone is not None and summary.status == "finished"
     model, meta = load_exported(summary.backbone)
     trained = knn_fewshot_f1(_features(model, images, meta.feature_rule, meta.channels), labels)
-    floor = floor_f1(meta.timm_name, images, labels, meta.feature_rule, meta.channels)
+    floor = floor_f1(meta.timm_name, images, labels, meta.feature_rule, meta.channels, meta.model_kwargs)
     return trained, floor
 
 

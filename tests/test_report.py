@@ -231,6 +231,34 @@ def test_figure_data_orders_shots_with_all_last(tmp_path: Path) -> None:
     assert s.lo[0] == pytest.approx(0.38) and s.hi[-1] == pytest.approx(0.72)
 
 
+def test_published_protocol_shown_apart_and_chance_line(tmp_path: Path) -> None:
+    """`--protocol paper` results: their own Table 2 section and dashed Figure 1 lines at the maximum over
+    repeats; the stratified baseline is the chance line of its task."""
+    res = tmp_path / "results"
+    write_result(res, "linear", "ibot-vit", "ham10000", 0.60, (0.55, 0.65), init="ibot")
+    write_result(res, "linear-paper", "ibot-vit", "ham10000", 0.70, (0.66, 0.74), init="ibot")
+    write_result(res, "stratified", "stratified", "ham10000", 0.14, init="stratified")
+    write_result(res, "knn", "ibot-vit", "ham10000", 0.7, init="ibot", curve=curve(0.4))
+    paper = [dict(p, macro_f1_max=p["macro_f1_mean"] + 0.05) for p in curve(0.4)]
+    write_result(res, "knn-paper", "ibot-vit", "ham10000", 0.75, init="ibot", curve=paper)
+    table = build_table2(collect(res))
+    sections = [(r.evaluation, r.label) for r in table.rows]
+    assert sections == [
+        ("linear", "stratified random"),
+        ("linear", "iBOT"),
+        ("linear, as published (optimistic)", "iBOT"),
+    ]
+    assert table.rows[2].cells["ham10000"].macro_f1 == pytest.approx(0.70)
+    data = figure1_data(collect(res))
+    honest, published = sorted(data.series, key=lambda s: s.published)
+    assert not honest.published and honest.label == "iBOT"
+    assert published.label == "iBOT, as published (optimistic)" and published.base_label == "iBOT"
+    assert published.mean == pytest.approx([0.45, 0.55, 0.65, 0.75]) and published.lo == [None] * 4
+    assert data.chance == {"ham10000": pytest.approx(0.14)}
+    svg = render_figure1(data, "svg").decode()
+    assert "as published (optimistic)" in svg and "stratified (chance)" in svg
+
+
 def _parse_html(text: str) -> list[str]:
     tags: list[str] = []
 

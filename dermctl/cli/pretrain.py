@@ -188,7 +188,9 @@ def command(
             highlight=False,
         )
         if summary.backbone:
-            out_console.print(f"backbone: {summary.backbone}", highlight=False)
+            out_console.print(
+                f"backbone (epoch {summary.exported_epoch}): {summary.backbone}", highlight=False
+            )
         for w in summary.warnings:
             out_console.print(f"warning: {w}", style="yellow", highlight=False)
 

@@ -437,10 +437,17 @@ def evaluate_knn(
     bootstrap: int = 1000,
     force: bool = False,
     on_step: Callable[[], None] | None = None,
+    protocol: str = "honest",
 ) -> list[EvalSummary]:
     """`dermctl knn`: few-shot kNN curves and headline metrics -> results/knn/<model>/<task>.json.
 
-    Every input is loaded and checked (manifest hash, shot counts) before any model is evaluated."""
+    `protocol="paper"` runs the study authors' optimistic rule instead (`dermctl.eval.published`: uniform
+    votes, k chosen on test F1, the maximum over repeats) -> results/knn-paper/<model>/<task>.json; k,
+    temperature and vote do not apply there. Every input is loaded and checked (manifest hash, shot counts)
+    before any model is evaluated."""
+    from dermctl.eval.published import KNN_PROTOCOL, PAPER_K_GRID, check_protocol, knn_paper
+
+    check_protocol(protocol)
     if k != "auto":
         _check_rule(int(k), temperature, vote)
     else:
@@ -461,6 +468,28 @@ def evaluate_knn(
         xtr, ytr = d.split("train")
         xva, yva = d.split("val")
         xte, yte = d.split("test")
+        if protocol == "paper":
+            res = knn_paper(xtr, ytr, xte, yte, d.n_classes, shots, repeats, seed, d.class_names, on_step)
+            metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
+            config = {
+                "shots": list(shots),
+                "repeats": repeats,
+                "seed": seed,
+                "bootstrap": bootstrap,
+                "vote": "majority",
+                "metric": "cosine",
+                "k_grid": list(PAPER_K_GRID),
+                "k_chosen_on": "test",
+                "k_headline": res.k,
+                "summary": "macro_f1_max: the maximum over repeats (the authors' Figure 1)",
+                "feature_rule": d.embeddings.attrs.get("feature_rule"),
+            }
+            out.append(
+                record_result(
+                    workspace, KNN_PROTOCOL, d, task_name, res.curve, metrics, per_skin, config, force
+                )
+            )
+            continue
         res = knn_fewshot(
             xtr,
             ytr,

@@ -546,11 +546,17 @@ def evaluate_probe(
     force: bool = False,
     on_step: Callable[[], None] | None = None,
     log: Callable[[str], None] | None = None,
+    protocol: str = "honest",
 ) -> list[EvalSummary]:
     """`dermctl probe`: linear probe (plus few-shot curve) -> results/linear/<model>/<task>.json.
 
     The model id "stratified" runs the stratified random baseline instead (results/stratified/...).
-    `log` receives one line per model saying which lam the headline probe used and how it was chosen."""
+    `log` receives one line per model saying which lam the headline probe used and how it was chosen.
+    `protocol="paper"`: scikit-learn's untuned `LogisticRegression()` on the raw features, the maximum
+    over repeats per shot count (`dermctl.eval.published`) -> results/linear-paper/<model>/<task>.json."""
+    from dermctl.eval.published import LINEAR_PROTOCOL, check_protocol, linear_paper
+
+    check_protocol(protocol)
     if repeats < 1:
         raise UsageError(f"--repeats: {repeats} must be at least 1")
     manifest_path = find_task(workspace.manifests, task)
@@ -561,12 +567,37 @@ def evaluate_probe(
     for d in data:
         check_shots(shots, d.split("train")[1], d.class_names)
     out = []
+    if STRATIFIED in ids and protocol == "paper":
+        raise UsageError(
+            "--model stratified: the stratified baseline has one protocol; run it without --protocol paper"
+        )
     if STRATIFIED in ids:
         out.append(evaluate_stratified(workspace, manifest_path, seed=seed, force=force))
     for d in data:
         xtr, ytr = d.split("train")
         xva, yva = d.split("val")
         xte, yte = d.split("test")
+        if protocol == "paper":
+            paper = linear_paper(
+                xtr, ytr, xte, yte, d.n_classes, shots, repeats, seed, d.class_names, on_step
+            )
+            metrics, per_skin = d.reports(paper.pred, paper.scores, bootstrap, seed)
+            config = {
+                "shots": list(shots),
+                "repeats": repeats,
+                "seed": seed,
+                "bootstrap": bootstrap,
+                "classifier": "sklearn.linear_model.LogisticRegression() (defaults, untuned)",
+                "standardise": False,
+                "summary": "macro_f1_max: the maximum over repeats",
+                "feature_rule": d.embeddings.attrs.get("feature_rule"),
+            }
+            out.append(
+                record_result(
+                    workspace, LINEAR_PROTOCOL, d, task_name, paper.curve, metrics, per_skin, config, force
+                )
+            )
+            continue
         res = probe_fewshot(
             xtr,
             ytr,

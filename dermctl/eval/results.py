@@ -2,7 +2,9 @@
 
 Schema "dermctl.result/1"::
 
-    {"schema": "dermctl.result/1", "protocol": knn | linear | finetune | stratified,
+    {"schema": "dermctl.result/1",
+     "protocol": knn | linear | finetune | stratified | knn-paper | linear-paper (the authors' optimistic
+                 evaluation, `dermctl.eval.published`; curve points add "macro_f1_max"),
      "model": model_id, "init": method name | imagenet | random | stratified, "backbone": timm name,
      "task": task name, "class_names": [...], "test_split_sha256": hash of the sorted test-image hashes,
      "metrics": classification_report of the headline evaluation,
@@ -26,7 +28,7 @@ from dermctl.errors import ConflictError, DataError
 from dermctl.workspace import atomic_write_json, read_json
 
 SCHEMA = "dermctl.result/1"
-PROTOCOLS = ("knn", "linear", "finetune", "stratified")
+PROTOCOLS = ("knn", "linear", "finetune", "stratified", "knn-paper", "linear-paper")
 REQUIRED_KEYS = (
     "schema",
     "protocol",

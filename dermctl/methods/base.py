@@ -25,6 +25,7 @@ from dermctl.models.backbone import BackboneMeta
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet50",  # any timm model name
+    "backbone_kwargs": {},  # extra timm.create_model arguments, e.g. {"patch_size": 8}; kept in the export
     "init": "random",  # random | imagenet | path to weights
     "epochs": 100,  # upper bound; early stopping usually ends the run first
     "batch_size": 64,  # per process (per GPU); global batch = batch_size * world size
@@ -45,6 +46,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "image_size": 224,
     "patience": 5,  # early stopping: epochs without val-loss improvement (the study used 5)
     "min_delta": 0.0,
+    "export_epoch": "best",  # best (lowest val loss) | last: which epoch's backbone is exported
     "val_every": 1,
     "num_workers": -1,  # -1: from the CPU count
     "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
@@ -63,6 +65,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 # self-supervised-dermatology 0.0.16 (file names relative to it); "dermctl:" marks our own choices.
 ENGINE_SOURCES: dict[str, str] = {
     "backbone": "dermctl: any timm model name",
+    "backbone_kwargs": "dermctl: none (timm's architecture as named)",
     "init": "dermctl: random; methods set the study's value",
     "epochs": "dermctl: an upper bound; Gröger et al. stop on the val loss (patience 5)",
     "batch_size": "dermctl placeholder; methods set Gröger et al. Table 1",
@@ -83,6 +86,8 @@ ENGINE_SOURCES: dict[str, str] = {
     "momentum_teacher": "BYOL (Grill et al. sec. 3.2) / official DINO: 0.996, cosine to 1",
     "image_size": "Gröger et al. sec. 3: 224 x 224",
     "patience": "Gröger et al. sec. 3: stop after 5 epochs without val-loss improvement",
+    "export_epoch": "dermctl: the lowest val loss (Gröger et al. select on it; the paper does not say which "
+    "epoch is exported); DINO/iBOT set last",
     "min_delta": "dermctl: any improvement counts",
     "val_every": "Gröger et al.: the val loss every epoch",
     "num_workers": "dermctl: from the CPU count",

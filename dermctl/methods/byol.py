@@ -170,7 +170,7 @@ class BYOL(PretrainMethod):
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
-        self.backbone = create_backbone(cfg["backbone"], cfg["init"])
+        self.backbone = create_backbone(cfg["backbone"], cfg["init"], model_kwargs=cfg["backbone_kwargs"])
         in_dim = int(self.backbone.num_features)
         out_dim = int(cfg["proj_out_dim"])
         self.projector = BYOLMLP(in_dim, int(cfg["proj_hidden_dim"]), out_dim)

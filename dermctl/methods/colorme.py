@@ -429,7 +429,9 @@ class ColorMe(PretrainMethod):
         if cfg["hist_range"] != "raw" and cfg["loss_convention"] != "study":
             raise UsageError("hist_range: 'normalised_clipped' needs loss_convention = study")
         self.study = cfg["loss_convention"] == "study"
-        encoder = create_backbone(cfg["backbone"], cfg["init"], in_chans=1)
+        encoder = create_backbone(
+            cfg["backbone"], cfg["init"], in_chans=1, model_kwargs=cfg["backbone_kwargs"]
+        )
         if not hasattr(encoder, "forward_intermediates") or not hasattr(encoder, "feature_info"):
             raise UsageError(
                 f"--backbone: ColorMe needs a timm CNN with forward_intermediates, got {cfg['backbone']!r}"
@@ -489,6 +491,6 @@ class ColorMe(PretrainMethod):
             std=(GREEN_STD,),
             in_chans=1,
             channels="green",
-            model_kwargs={},
+            model_kwargs=dict(self.cfg["backbone_kwargs"]),
             extra={"method": self.name},
         )

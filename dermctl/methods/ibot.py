@@ -354,6 +354,8 @@ class iBOT(DINO):  # noqa: N801
         "pred_aspect_ratio": "official main_ibot.py (0.3, 1/0.3)",
         "pred_start_epoch": "official ViT runs (0)",
         "export": "official iBOT evaluation uses the teacher (--checkpoint_key teacher)",
+        "export_epoch": "authors' code trainers/ibot_trainer.py (model_best.pth is rewritten at every save: the "
+        "last epoch) / official iBOT evaluates the final checkpoint",
     }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -408,7 +410,11 @@ class iBOT(DINO):  # noqa: N801
 
     @classmethod
     def build_net(cls, cfg: dict[str, Any], init: str, drop_path: float, norm_last_layer: bool) -> nn.Module:
-        backbone = MaskedViT(create_backbone(cfg["backbone"], init, drop_path_rate=drop_path))
+        backbone = MaskedViT(
+            create_backbone(
+                cfg["backbone"], init, drop_path_rate=drop_path, model_kwargs=cfg["backbone_kwargs"]
+            )
+        )
         head = iBOTHead(
             feature_dim_of(backbone.vit),
             cfg["out_dim"],

@@ -232,7 +232,7 @@ class SimCLR(PretrainMethod):
         super().__init__(cfg)
         if float(cfg["temperature"]) <= 0:
             raise UsageError(f"temperature: must be > 0, got {cfg['temperature']}")
-        self.backbone = create_backbone(cfg["backbone"], cfg["init"])
+        self.backbone = create_backbone(cfg["backbone"], cfg["init"], model_kwargs=cfg["backbone_kwargs"])
         in_dim = int(self.backbone.num_features)
         self.projection_head = SimCLRProjectionHead(
             in_dim, int(cfg["proj_hidden_dim"]), int(cfg["proj_out_dim"]), bool(cfg["proj_final_bn"])
@@ -293,6 +293,6 @@ def rgb_backbone_meta(cfg: dict[str, Any], method: str) -> BackboneMeta:
         std=IMAGENET_STD,
         in_chans=3,
         channels="rgb",
-        model_kwargs={},
+        model_kwargs=dict(cfg["backbone_kwargs"]),
         extra={"method": method},
     )

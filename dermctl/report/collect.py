@@ -16,7 +16,7 @@ from dermctl.errors import DataError
 from dermctl.workspace import read_json
 
 SCHEMA = "dermctl.result/1"
-PROTOCOLS = ("knn", "linear", "finetune", "stratified")
+PROTOCOLS = ("knn", "linear", "finetune", "stratified", "knn-paper", "linear-paper")
 REQUIRED = ("protocol", "model", "task")
 # Run states the table flags: the numbers exist but come from a failed pretraining run.
 FAILED_STATUSES = ("collapsed", "diverged")

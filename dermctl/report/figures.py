@@ -1,7 +1,10 @@
 """Figure 1 of Gröger et al.: kNN macro-F1 on frozen features against labelled samples per class.
 
 One panel per task, one line per model (mean over repeats), a shaded band for the curve's 95 % interval
-(`macro_f1_ci` of each curve point), log x-axis. The "all labels" point is drawn one log-decade step
+(`macro_f1_ci` of each curve point), log x-axis. `knn --protocol paper` results are drawn dashed in the
+model's colour at their `macro_f1_max` (the authors' figure plots the maximum over repeats), labelled "as
+published (optimistic)"; the stratified random baseline of a task, when it has a result, is a grey dotted
+horizontal line: chance. The "all labels" point is drawn one log-decade step
 beyond the largest shot count and its tick is labelled "all" (results do not record the per-class train
 size, which differs between classes). Rendered with matplotlib's object API (Agg canvas, no pyplot
 state), as PNG and SVG bytes with fixed metadata so that re-running gives the same files.
@@ -34,12 +37,15 @@ class Series:
     lo: list[float | None]
     hi: list[float | None]
     path: str = ""
+    published: bool = False  # knn-paper: the authors' optimistic protocol (maximum over repeats)
+    base_label: str = ""  # the model's label without the protocol note (shared colour)
 
 
 @dataclass
 class Figure1Data:
     tasks: list[str]
     series: list[Series] = field(default_factory=list)
+    chance: dict[str, float] = field(default_factory=dict)  # task -> stratified random macro-F1
 
     def to_json(self) -> list[dict[str, Any]]:
         return [s.__dict__ for s in self.series]
@@ -51,7 +57,7 @@ def _shots_key(shots: Any) -> tuple[int, float]:
 
 def figure1_data(collection: Collection, tasks: list[str] | None = None) -> Figure1Data:
     """The kNN curves of `collection`, per task (the table's column order), one series per model."""
-    records = [r for r in collection.for_protocol("knn") if r.curve]
+    records = [r for r in collection.for_protocol("knn", "knn-paper") if r.curve]
     found = order_tasks([r.task for r in records])
     if tasks:
         wanted = {task_key(t): t for t in tasks}
@@ -67,20 +73,21 @@ def figure1_data(collection: Collection, tasks: list[str] | None = None) -> Figu
         return (_INIT_ORDER.index(init) if init in _INIT_ORDER else len(_INIT_ORDER), init, r.model, r.task)
 
     for r in sorted(records, key=order):
+        published = r.protocol == "knn-paper"
+        y_key = "macro_f1_max" if published else "macro_f1_mean"
         base = INIT_LABELS.get(r.init.lower(), r.init)
-        label = base if len(inits[r.init.lower()]) == 1 else f"{base} ({r.model})"
+        base = base if len(inits[r.init.lower()]) == 1 else f"{base} ({r.model})"
         if r.run_status in FAILED_STATUSES:
-            label += f" † {r.run_status}"
-        points = [
-            p for p in r.curve if isinstance(p, dict) and isinstance(p.get("macro_f1_mean"), int | float)
-        ]
+            base += f" † {r.run_status}"
+        label = f"{base}, as published (optimistic)" if published else base
+        points = [p for p in r.curve if isinstance(p, dict) and isinstance(p.get(y_key), int | float)]
         points.sort(key=lambda p: _shots_key(p.get("shots")))
         if not points:
             continue
         lo: list[float | None] = []
         hi: list[float | None] = []
         for p in points:
-            ci = p.get("macro_f1_ci")
+            ci = None if published else p.get("macro_f1_ci")  # a maximum has no interval
             ok = isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci)
             lo.append(float(ci[0]) if ok else None)
             hi.append(float(ci[1]) if ok else None)
@@ -91,13 +98,20 @@ def figure1_data(collection: Collection, tasks: list[str] | None = None) -> Figu
                 model=r.model,
                 label=label,
                 shots=["all" if p.get("shots") == "all" else int(p["shots"]) for p in points],
-                mean=[float(p["macro_f1_mean"]) for p in points],
+                mean=[float(p[y_key]) for p in points],
                 lo=lo,
                 hi=hi,
                 path=str(r.path),
+                published=published,
+                base_label=base,
             )
         )
-    return Figure1Data(tasks=found, series=series)
+    chance = {}
+    for r in collection.for_protocol("stratified"):
+        task = next((t for t in found if task_key(t) == task_key(r.task)), None)
+        if task is not None and r.macro_f1 is not None:
+            chance[task] = r.macro_f1
+    return Figure1Data(tasks=found, series=series, chance=chance)
 
 
 def _x_positions(data: Figure1Data) -> tuple[float | None, list[int]]:
@@ -119,7 +133,7 @@ def render_figure1(data: Figure1Data, fmt: str) -> bytes:
 
     n = max(1, len(data.tasks))
     all_x, numeric = _x_positions(data)
-    models = list(dict.fromkeys(s.label for s in data.series))
+    models = list(dict.fromkeys(s.base_label or s.label for s in data.series))
     colours = matplotlib.colormaps["tab10"]
     colour = {m: colours(i % 10) for i, m in enumerate(models)}
     with matplotlib.rc_context({"svg.hashsalt": "dermctl-figure1", "font.size": 9}):
@@ -132,7 +146,9 @@ def render_figure1(data: Figure1Data, fmt: str) -> bytes:
             for s in (s for s in data.series if s.task == task):
                 xs = [all_x if v == "all" else float(v) for v in s.shots]
                 ys = [100 * v for v in s.mean]
-                ax.plot(xs, ys, marker="o", markersize=3, color=colour[s.label], label=s.label)
+                c = colour[s.base_label or s.label]
+                style = "--" if s.published else "-"
+                ax.plot(xs, ys, style, marker="o", markersize=3, color=c, label=s.label)
                 band = [
                     (x, 100 * lo, 100 * hi)
                     for x, lo, hi in zip(xs, s.lo, s.hi, strict=True)
@@ -140,7 +156,15 @@ def render_figure1(data: Figure1Data, fmt: str) -> bytes:
                 ]
                 if band:
                     bx, blo, bhi = zip(*band, strict=True)
-                    ax.fill_between(bx, blo, bhi, color=colour[s.label], alpha=0.2, linewidth=0)
+                    ax.fill_between(bx, blo, bhi, color=c, alpha=0.2, linewidth=0)
+            if task in data.chance:
+                ax.axhline(
+                    100 * data.chance[task],
+                    color="grey",
+                    linestyle=":",
+                    linewidth=1,
+                    label="stratified (chance)",
+                )
             ax.set_xscale("log")
             ticks = [float(v) for v in numeric] + ([all_x] if all_x else [])
             if ticks:

@@ -11,9 +11,12 @@ both go through here.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -46,23 +49,62 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
     raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} is not a plain container value")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write `state` atomically and its hash to `<path>.sha256`; returns the path."""
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it: the checkpoint's SHA-256 without
+    reading a file of hundreds of MB back."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_checkpoint(
+    state: dict[str, Any], path: str | os.PathLike[str], copies: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """Write `state` atomically and its hash to `<path>.sha256`; returns the path. Each of `copies`
+    (e.g. best.pt beside last.pt) gets the same bytes and hash without serialising `state` again."""
     check_plain(state)
     target = Path(path)
-    side = sidecar_path(target)
     with atomic_path(target) as tmp:
         # Through a Python file object, not a path: torch's own writer turns a full disk into a bare
         # "unexpected pos" RuntimeError, while Python's keeps the OSError (ENOSPC) for atomic_path to name.
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-        digest = sha256_file(tmp)
-        # Two files cannot be renamed at once: list the old and the new hash while the checkpoint is
-        # swapped, so a kill between the two renames leaves a pair that still verifies.
-        old = _sidecar_hashes(side)[:1]
-        atomic_write_text(side, "".join(f"{h}  {target.name}\n" for h in [digest, *old]))
-    atomic_write_text(side, f"{digest}  {target.name}\n")
+            writer = _HashingWriter(fh)
+            torch.save(state, writer)  # type: ignore[arg-type]  # torch only calls write/flush
+        digest = writer.sha.hexdigest()
+        _swap_sidecar(target, digest)
+    atomic_write_text(sidecar_path(target), f"{digest}  {target.name}\n")
+    for copy in copies:
+        dest = Path(copy)
+        with atomic_path(dest) as tmp:
+            _link_or_copy(target, tmp)
+            _swap_sidecar(dest, digest)
+        atomic_write_text(sidecar_path(dest), f"{digest}  {dest.name}\n")
     return target
+
+
+def _swap_sidecar(target: Path, digest: str) -> None:
+    """Two files cannot be renamed at once: list the new and the old hash while the checkpoint is
+    swapped, so a kill between the two renames leaves a pair that still verifies."""
+    side = sidecar_path(target)
+    old = _sidecar_hashes(side)[:1]
+    atomic_write_text(side, "".join(f"{h}  {target.name}\n" for h in [digest, *old]))
+
+
+def _link_or_copy(source: Path, tmp: Path) -> None:
+    """Put `source`'s bytes at `tmp`: a hard link when the file system has them (the source is only
+    ever replaced by rename, never rewritten in place, so the link keeps these bytes), else a copy."""
+    try:
+        tmp.unlink()
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
 
 
 def _sidecar_hashes(side: Path) -> list[str]:

@@ -90,6 +90,13 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+EXPORT_EPOCHS = ("best", "last")
+# timm.create_model arguments dermctl sets from its own keys (create_backbone): not for backbone_kwargs.
+BACKBONE_OWNED_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "num_classes", "in_chans", "drop_path_rate"}
+)
+
+
 def validate_config(cfg: dict[str, Any]) -> None:
     """Refuse impossible values with one line naming the key, the value and what was expected."""
 
@@ -134,11 +141,28 @@ def validate_config(cfg: dict[str, Any]) -> None:
     need_choice("lr_schedule", LR_SCHEDULES)
     need_choice("lr_scaling", LR_SCALINGS)
     need_choice("clip_mode", CLIP_MODES)
+    need_choice("export_epoch", EXPORT_EPOCHS)
     for key in ("backbone", "init"):
         if not isinstance(cfg.get(key), str) or not cfg[key]:
             raise bad(key, "a non-empty string")
+    check_backbone_kwargs(cfg.get("backbone_kwargs", {}))
     if cfg.get("monitor_task") is not None and not isinstance(cfg["monitor_task"], str):
         raise bad("monitor_task", "a task name or manifest path")
+
+
+def check_backbone_kwargs(kwargs: Any) -> None:
+    """`backbone_kwargs`: a table of timm.create_model arguments that dermctl does not set itself."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k for k in kwargs):
+        raise UsageError(
+            f"config key 'backbone_kwargs' = {kwargs!r}: expected a table of timm.create_model arguments, "
+            "e.g. --set 'backbone_kwargs={\"patch_size\": 8}'"
+        )
+    owned = sorted(set(kwargs) & BACKBONE_OWNED_KWARGS)
+    if owned:
+        raise UsageError(
+            f"config key 'backbone_kwargs': {', '.join(owned)} is set by dermctl itself "
+            "(use --init for weights, drop_path_rate for stochastic depth)"
+        )
 
 
 def resume_differences(saved: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
@@ -192,6 +216,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; keys quoted so that any string is a valid key
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise UsageError(f"config value {value!r} of type {type(value).__name__} cannot be written as TOML")
 
 

@@ -114,6 +114,7 @@ class RunSummary:
     excluded: int
     backbone: Path | None
     warnings: list[str] = field(default_factory=list)
+    exported_epoch: int = 0  # 1-based epoch whose weights `backbone` holds (config export_epoch)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -337,6 +338,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.history: list[dict[str, Any]] = []
         self.stopper = EarlyStopping(cfg["patience"], cfg["min_delta"])
+        self.exported_epoch = 0
         self.epoch = 0  # next epoch to run (0-based)
         self.batch = 0  # batches of `epoch` already trained on (mid-epoch checkpoints)
         self.partial: dict[str, Any] | None = None  # accumulators of a partly trained epoch
@@ -400,9 +402,7 @@ class _Trainer:
         if not self.dist.is_main:
             return
         state = self.state(acc)
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
-        if best:
-            save_checkpoint(state, self.ckpt_dir / "best.pt")
+        save_checkpoint(state, self.ckpt_dir / "last.pt", [self.ckpt_dir / "best.pt"] if best else [])
 
     def write_run(self, status: str, message: str = "") -> None:
         if not self.dist.is_main:
@@ -661,9 +661,13 @@ class _Trainer:
         if not self.dist.is_main:
             return None
         best = self.ckpt_dir / "best.pt"
-        source = best if best.is_file() else self.ckpt_dir / "last.pt"
-        state = load_checkpoint(source)
-        self.method.load_state_dict(state["model"])
+        if self.cfg["export_epoch"] == "best" and best.is_file():
+            exported = self.stopper.best_epoch + 1
+            if exported != self.epoch:  # else the weights in memory are the best epoch's already
+                self.method.load_state_dict(load_checkpoint(best)["model"])
+        else:  # the weights in memory are the last epoch's (just saved as last.pt, or loaded by --resume)
+            exported = self.epoch
+        self.exported_epoch = exported
         module, meta = self.method.export()
         meta.source = f"dermctl pretrain run {self.name}"
         meta.extra = {
@@ -671,6 +675,7 @@ class _Trainer:
             "method": self.cfg["method"],
             "run": self.name,
             "best_epoch": self.stopper.best_epoch + 1,
+            "exported_epoch": exported,
             "status": status,
             "config": self.cfg,
         }
@@ -981,6 +986,7 @@ def _pretrain_locked(
         excluded=pdata.excluded,
         backbone=backbone,
         warnings=tr.warnings,
+        exported_epoch=tr.exported_epoch,
     )
 
 
