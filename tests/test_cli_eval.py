@@ -187,3 +187,16 @@ def test_embeddings_from_another_manifest(tmp_path: Path) -> None:
     man.write_text("\n".join(rows[:-1]) + "\n")  # drop one test image
     one_line_error(run(tmp_path, "knn", "--task", "toy"), 3, "different version of manifest")
     one_line_error(run(tmp_path, "probe", "--task", "toy"), 3, "different version of manifest")
+
+
+def test_imagenet_offline_is_noted_for_the_report(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = run(
+        ws, "embed", "--model", "imagenet", "--backbone", "resnet10t", "--image-size", "32", "--device", "cpu"
+    )
+    one_line_error(r, 6, "--model imagenet")
+    note = json.loads((ws / "results/unavailable/imagenet-resnet10t.json").read_text())
+    assert note["init"] == "imagenet" and note["tasks"] == ["toy"] and "offline" in note["reason"]
+    r = run(ws, "report")  # the note is no result file: the report reads it as a row, not as a result
+    assert r.exit_code == 0, r.output
+    assert "ImageNet (unavailable)" in (ws / "reports" / "table2.md").read_text()

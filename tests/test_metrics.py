@@ -63,6 +63,8 @@ def test_report_keys_and_ci() -> None:
         "balanced_accuracy",
         "balanced_accuracy_ci",
         "per_class_f1",
+        "per_class_recall",
+        "confusion",
         "auroc_ovr",
         "n",
     }
@@ -104,3 +106,17 @@ def test_binary_auroc_equals_sklearn_on_unnormalised_scores():
     y = rng.integers(0, 2, 60)
     scores = rng.normal(size=(60, 2)) + np.stack([1 - y, y], axis=1) * 0.5  # not normalised
     assert auroc_ovr(y, scores, 2) == pytest.approx(roc_auc_score(y, scores[:, 1]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_class_recall_and_confusion_equal_sklearn(seed: int) -> None:
+    from sklearn.metrics import confusion_matrix, recall_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 60)
+    y[y == 3] = 2  # class 3 absent from the truth: recall 0, as sklearn's zero_division=0
+    p = rng.integers(0, 4, 60)
+    rep = classification_report(y, p, 4, class_names=["a", "b", "c", "d"], bootstrap=10)
+    expected = recall_score(y, p, labels=range(4), average=None, zero_division=0)
+    assert list(rep["per_class_recall"].values()) == pytest.approx(list(expected))
+    assert rep["confusion"] == confusion_matrix(y, p, labels=range(4)).tolist()

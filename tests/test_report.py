@@ -135,7 +135,7 @@ def test_rows_and_columns_in_paper_order(tmp_path: Path) -> None:
     assert order_tasks(["HAM10000", "other", "PAD-UFES-20"]) == ["PAD-UFES-20", "HAM10000", "other"]
     got = [(r.evaluation, r.label) for r in table.rows]
     assert got == [
-        ("linear", "stratified random"),
+        ("baseline", "stratified random"),
         ("linear", "ImageNet"),
         ("linear", "ColorMe"),
         ("linear", "SimCLR"),
@@ -244,7 +244,7 @@ def test_published_protocol_shown_apart_and_chance_line(tmp_path: Path) -> None:
     table = build_table2(collect(res))
     sections = [(r.evaluation, r.label) for r in table.rows]
     assert sections == [
-        ("linear", "stratified random"),
+        ("baseline", "stratified random"),
         ("linear", "iBOT"),
         ("linear, as published (optimistic)", "iBOT"),
     ]
@@ -306,3 +306,129 @@ def test_html_falls_back_to_png_and_no_figure_without_knn(tmp_path: Path) -> Non
     data = figure1_data(collect(res))
     assert data.series == []
     assert render_figure1(data, "png")[:4] == b"\x89PNG"
+
+
+def _rich_result(res: Path, protocol: str, model: str, init: str, f1: float, ci: tuple[float, float]) -> None:
+    """A result as dermctl 0.2 writes it: per-class recall, confusion, skin types, data, predictions."""
+    classes = ["a", "b"]
+    per_skin = {t: {"macro_f1": f1 - 0.01 * int(t), "n": 40} for t in ("1", "2", "5")}
+    write_result(
+        res,
+        protocol,
+        model,
+        "ham10000",
+        f1,
+        ci,
+        init=init,
+        curve=[
+            {
+                "shots": 1,
+                "repeats": 5,
+                "macro_f1_mean": f1 - 0.2,
+                "macro_f1_std": 0.01,
+                "macro_f1_ci": [f1 - 0.22, f1 - 0.18],
+            },
+            {"shots": "all", "repeats": 1, "macro_f1_mean": f1, "macro_f1_std": 0.0, "macro_f1_ci": list(ci)},
+        ],
+        per_skin_type=per_skin,
+        data={
+            "task": "ham10000",
+            "manifest": "/data/ham10000.csv",
+            "class_counts": {
+                "train": {"a": 50, "b": 20},
+                "val": {"a": 9, "b": 4},
+                "test": {"a": 80, "b": 40},
+            },
+        },
+        predictions={"sha256": ["x"] * 3, "y_true": [0, 1, 1], "y_pred": [0, 1, 0]},
+        class_names=classes,
+        metrics={
+            "macro_f1": f1,
+            "macro_f1_ci": list(ci),
+            "n": 120,
+            "per_class_f1": {"a": f1 + 0.05, "b": f1 - 0.05},
+            "per_class_recall": {"a": 0.9, "b": 0.4},
+            "confusion": [[72, 8], [24, 16]],
+        },
+    )
+
+
+def _sections(page: str) -> set[str]:
+    ids: set[str] = set()
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            ids.update(v for k, v in attrs if k == "id" and v)
+
+    P().feed(page)
+    return ids
+
+
+def test_report_html_has_every_section_a_reader_needs(tmp_path: Path) -> None:
+    res, out = tmp_path / "results", tmp_path / "reports"
+    _rich_result(res, "knn", "ibot-vit", "ibot", 0.70, (0.66, 0.74))
+    _rich_result(res, "knn", "imagenet-r50", "imagenet", 0.55, (0.50, 0.60))
+    _rich_result(res, "knn", "random-r50", "random", 0.68, (0.63, 0.73))
+    _rich_result(res, "linear", "ibot-vit", "ibot", 0.72, (0.70, 0.74))
+    write_result(res, "stratified", "stratified", "ham10000", 0.14, init="stratified")
+    make_report(res, out)
+    page = (out / "report.html").read_text()
+    assert {
+        "verdict",
+        "table2",
+        "published",
+        "figure1",
+        "per-class",
+        "confusion",
+        "skin-type",
+        "data",
+        "provenance",
+    } <= _sections(page)
+    # the verdict: iBOT ahead of ImageNet (intervals apart), within noise of random (they overlap)
+    assert "iBOT (ibot-vit) 70.0 [66.0, 74.0]; ahead of ImageNet (imagenet-r50) 55.0 [50.0, 60.0]" in page
+    assert "within noise of random (random-r50) 68.0 [63.0, 73.0]" in page
+    assert "at 1 labelled image per class: iBOT (ibot-vit) 50.0" in page
+    # per class F1 / recall, confusion counts, skin types with n, class counts per split, manifest
+    assert "75.0 / 90.0" in page and "65.0 / 40.0" in page
+    assert '<td class="num diag">72</td>' in page and '<td class="num">24</td>' in page
+    assert "type 5 (n=40)" in page and 'class="skin-type"' in page
+    assert "/data/ham10000.csv" in page and '<td class="num">80</td>' in page
+    # the study's Table 2 beside the user's: iBOT linear on HAM10000 published 72.0, yours 72.0 [70.0, 74.0]
+    published = page[page.index('id="published"') : page.index('id="figure1"')]
+    assert "iBOT (ibot-vit) 72.0 [70.0, 74.0]" in published and "14.0" in published
+    assert "HAM10000 (published)" in published
+    # a small test split gets a caveat; wide tables scroll
+    assert "The test split has 120 images" in page and 'class="scroll"' in page
+
+
+def test_report_without_new_fields_says_so(tmp_path: Path) -> None:
+    """Results from before 0.2 (no recall, confusion, data): the sections say what is missing."""
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write_result(res, "linear", "ibot-vit", "mytask", 0.72, (0.7, 0.74), init="ibot")
+    make_report(res, out, formats=["html"])
+    page = (out / "report.html").read_text()
+    assert "No result stores its test predictions" in page
+    assert "Class counts are not recorded" in page
+    assert "None of the study's tasks" in page
+    assert "No task among the results records skin types" in page
+
+
+def test_unavailable_model_is_a_row_with_its_reason(tmp_path: Path) -> None:
+    """An ImageNet model that `embed` could not load offline is shown as unavailable, never dropped."""
+    from dermctl.eval.results import clear_unavailable, record_unavailable
+
+    res, out = tmp_path / "results", tmp_path / "reports"
+    write_result(res, "linear", "ibot-vit", "ham10000", 0.72, (0.7, 0.74), init="ibot")
+    record_unavailable(
+        res, "imagenet-resnet50", "imagenet", "resnet50", "ImageNet weights offline", ["ham10000"]
+    )
+    report = make_report(res, out)
+    row = next(r for r in report.table.rows if r.model == "imagenet-resnet50")
+    assert row.label == "ImageNet (unavailable)" and row.unavailable == "ImageNet weights offline"
+    assert "ImageNet (imagenet-resnet50) unavailable: ImageNet weights offline" in report.table.footnotes
+    md = (out / "table2.md").read_text()
+    assert "| ImageNet (unavailable) | unavailable |" in md
+    assert "imagenet-resnet50,unavailable" in (out / "table2.csv").read_text()
+    assert "; ImageNet unavailable here (ImageNet weights offline)" in (out / "report.html").read_text()
+    clear_unavailable(res, "imagenet-resnet50")
+    assert not any(r.model == "imagenet-resnet50" for r in make_report(res, out).table.rows)

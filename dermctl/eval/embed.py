@@ -29,7 +29,8 @@ from dermctl.data.manifest import Manifest, find_manifests, find_task, read_mani
 from dermctl.data.verify import images_key, verify_images
 from dermctl.errors import DataError, DermctlError, UnavailableError, UsageError
 from dermctl.eval.embeddings import EmbeddingWriter, read_attrs, sealed_path
-from dermctl.eval.models import LoadedModel, resolve_model
+from dermctl.eval.models import DEFAULT_BACKBONE, LoadedModel, resolve_model
+from dermctl.eval.results import clear_unavailable, record_unavailable
 from dermctl.models.backbone import FEATURE_RULES, extract_features, select_channels
 from dermctl.provenance import sha256_file
 from dermctl.train.distributed import Dist, contiguous_shard, dist_from_env, gather_rows, shard_counts
@@ -346,7 +347,21 @@ def embed(
     """`dermctl embed`: resolve the model once, then embed every task (validated up front)."""
     manifests = task_manifests(workspace, tasks)
     resolve_device(device)
-    loaded = resolve_model(model, workspace, backbone, weights)
+    try:
+        loaded = resolve_model(model, workspace, backbone, weights)
+    except UnavailableError as exc:
+        if model == "imagenet":  # the report shows the row as unavailable, with the reason, never drops it
+            name = backbone or DEFAULT_BACKBONE
+            record_unavailable(
+                workspace.results,
+                f"imagenet-{name}",
+                "imagenet",
+                name,
+                exc.message,
+                [m.stem for m in manifests],
+            )
+        raise
+    clear_unavailable(workspace.results, loaded.model_id)
     dist = dist_from_env(device)
     return [
         embed_manifest(

@@ -390,6 +390,21 @@ class TaskData:
         col = self.embeddings.extras.get(SKIN_TYPE_COLUMN)
         return None if col is None else col[self._test]
 
+    def data_summary(self) -> dict[str, Any]:
+        """The manifest a result came from and its labelled images per class and split."""
+        emb = self.embeddings
+        counts: dict[str, dict[str, int]] = {}
+        for split in ("train", "val", "test"):
+            labels = emb.labels[emb.mask(split) & (emb.labels >= 0)]
+            per = np.bincount(labels, minlength=self.n_classes)
+            counts[split] = {name: int(n) for name, n in zip(self.class_names, per, strict=True)}
+        return {"task": self.task, "manifest": str(self.manifest_path), "class_counts": counts}
+
+    def test_predictions(self, pred: np.ndarray) -> dict[str, list[Any]]:
+        """The headline test predictions per image: sha256, true and predicted class index."""
+        _, y = self.split("test")
+        return {"sha256": self.test_sha256, "y_true": [int(v) for v in y], "y_pred": [int(v) for v in pred]}
+
     def reports(
         self, pred: np.ndarray, scores: np.ndarray | None, bootstrap: int = 1000, seed: int = 0
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]] | None]:

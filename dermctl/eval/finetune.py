@@ -613,6 +613,21 @@ def _result_payload(
         "config": saved_config,
         "inputs": inputs,
         "provenance": provenance(saved_config, inputs),
+        "data": {
+            "task": manifest.name,
+            "manifest": str(manifest.path),
+            "class_counts": {
+                split: {
+                    c: sum(1 for r in manifest.rows if r.split == split and r.label == c) for c in classes
+                }
+                for split in ("train", "val", "test")
+            },
+        },
+        "predictions": {
+            "sha256": [r.sha256 for r in test_rows],
+            "y_true": [int(v) for v in test["y_true"]],
+            "y_pred": [int(v) for v in test["y_pred"]],
+        },
     }
     if "skin_type" in manifest.extra_columns:
         groups = [r.extras.get("skin_type", "") or "unknown" for r in test_rows]

@@ -387,9 +387,12 @@ def record_result(
     per_skin: dict[str, Any] | None,
     config: dict[str, Any],
     force: bool,
+    predictions: np.ndarray | None = None,
 ) -> EvalSummary:
     """Write results/<protocol>/<model>/<task>.json for one model's evaluation (knn and linear share it).
-    The `all` point of the curve (one repeat) takes the bootstrap CI over test images."""
+    The `all` point of the curve (one repeat) takes the bootstrap CI over test images. The file also
+    records the task's data (manifest, class counts per split) and, given `predictions`, the headline
+    test predictions per image (so a confusion matrix can be redrawn from the file)."""
     for point in curve:
         if point["shots"] == ALL:
             point["macro_f1_ci"] = metrics["macro_f1_ci"]
@@ -408,6 +411,9 @@ def record_result(
         curve,
         per_skin,
     )
+    payload["data"] = d.data_summary()
+    if predictions is not None:
+        payload["predictions"] = d.test_predictions(predictions)
     path = write_result(workspace.result_path(protocol, d.model_id, task), payload, force=force)
     return EvalSummary(d.model_id, task, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], curve)
 
@@ -486,7 +492,16 @@ def evaluate_knn(
             }
             out.append(
                 record_result(
-                    workspace, KNN_PROTOCOL, d, task_name, res.curve, metrics, per_skin, config, force
+                    workspace,
+                    KNN_PROTOCOL,
+                    d,
+                    task_name,
+                    res.curve,
+                    metrics,
+                    per_skin,
+                    config,
+                    force,
+                    res.pred,
                 )
             )
             continue
@@ -519,5 +534,9 @@ def evaluate_knn(
             "bootstrap": bootstrap,
             "feature_rule": d.embeddings.attrs.get("feature_rule"),
         }
-        out.append(record_result(workspace, "knn", d, task_name, res.curve, metrics, per_skin, config, force))
+        out.append(
+            record_result(
+                workspace, "knn", d, task_name, res.curve, metrics, per_skin, config, force, res.pred
+            )
+        )
     return out

@@ -40,6 +40,13 @@ def f1_from_confusion(cm: np.ndarray) -> np.ndarray:
     return f1
 
 
+def recall_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Per-class recall (sensitivity) of a (K, K) confusion matrix; 0 for a class with no true sample."""
+    tp = np.diagonal(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    return np.where(support > 0, tp / np.maximum(support, 1), 0.0)
+
+
 def balanced_accuracy_from_confusion(cm: np.ndarray) -> np.ndarray:
     """Mean recall over the classes present in y_true (scikit-learn's balanced_accuracy_score)."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
@@ -132,8 +139,10 @@ def classification_report(
     """The metrics every result carries.
 
     Keys: macro_f1, macro_f1_ci ([lo, hi], 95 % percentile bootstrap over test samples), balanced_accuracy,
-    balanced_accuracy_ci, per_class_f1 ({class name: F1}), auroc_ovr (macro one-vs-rest when `scores`
-    (n, n_classes) are given and defined, else None), n (test samples).
+    balanced_accuracy_ci, per_class_f1 ({class name: F1}), per_class_recall ({class name: recall (0 for a
+    class absent from y_true)}), confusion (rows = true class, columns = predicted, class_names order),
+    auroc_ovr (macro one-vs-rest when `scores` (n, n_classes) are given and defined, else None), n (test
+    samples).
     """
     cm = confusion(y_true, y_pred, n_classes)
     f1 = f1_from_confusion(cm)
@@ -147,6 +156,10 @@ def classification_report(
         "balanced_accuracy": float(balanced_accuracy_from_confusion(cm)),
         "balanced_accuracy_ci": percentile_ci(boot_ba),
         "per_class_f1": {name: float(v) for name, v in zip(names, f1, strict=True)},
+        "per_class_recall": {
+            name: float(v) for name, v in zip(names, recall_from_confusion(cm), strict=True)
+        },
+        "confusion": cm.astype(int).tolist(),
         "auroc_ovr": auroc_ovr(y_true, scores, n_classes) if scores is not None else None,
         "n": int(cm.sum()),
     }

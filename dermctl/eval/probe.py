@@ -594,7 +594,16 @@ def evaluate_probe(
             }
             out.append(
                 record_result(
-                    workspace, LINEAR_PROTOCOL, d, task_name, paper.curve, metrics, per_skin, config, force
+                    workspace,
+                    LINEAR_PROTOCOL,
+                    d,
+                    task_name,
+                    paper.curve,
+                    metrics,
+                    per_skin,
+                    config,
+                    force,
+                    paper.pred,
                 )
             )
             continue
@@ -639,7 +648,9 @@ def evaluate_probe(
             "feature_rule": d.embeddings.attrs.get("feature_rule"),
         }
         out.append(
-            record_result(workspace, "linear", d, task_name, res.curve, metrics, per_skin, config, force)
+            record_result(
+                workspace, "linear", d, task_name, res.curve, metrics, per_skin, config, force, res.pred
+            )
         )
     return out
 

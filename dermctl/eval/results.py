@@ -57,6 +57,36 @@ CURVE_KEYS = ("shots", "repeats", "macro_f1_mean", "macro_f1_std", "macro_f1_ci"
 _VOLATILE = ("provenance",)
 
 
+UNAVAILABLE_DIR = "unavailable"
+UNAVAILABLE_SCHEMA = "dermctl.unavailable/1"
+
+
+def unavailable_path(results: Path, model_id: str) -> Path:
+    """`results/unavailable/<model_id>.json`: a model that could not be had here, and why."""
+    return results / UNAVAILABLE_DIR / f"{model_id}.json"
+
+
+def record_unavailable(
+    results: Path, model_id: str, init: str, backbone: str, reason: str, tasks: Sequence[str]
+) -> Path:
+    """Note that `model_id` could not be evaluated here (e.g. ImageNet weights offline), so the report
+    shows its row as unavailable with the reason instead of leaving it out."""
+    payload = {
+        "schema": UNAVAILABLE_SCHEMA,
+        "model": model_id,
+        "init": init,
+        "backbone": backbone,
+        "reason": reason,
+        "tasks": list(tasks),
+    }
+    return atomic_write_json(unavailable_path(results, model_id), payload)
+
+
+def clear_unavailable(results: Path, model_id: str) -> None:
+    """The model is available after all (embedded): its earlier note goes."""
+    unavailable_path(results, model_id).unlink(missing_ok=True)
+
+
 def test_split_hash(sha256s: Sequence[str]) -> str:
     """SHA-256 of the sorted test-image hashes joined by newlines: equal test sets give equal hashes
     whatever their order, so results of different models can be checked to share one test split."""

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from dermctl.errors import UsageError
 from dermctl.report.collect import Collection, collect
-from dermctl.report.figures import Figure1Data, figure1_data, render_figure1
+from dermctl.report.figures import Figure1Data, figure1_data, render_figure1, render_skin_types
 from dermctl.report.html import render_html
+from dermctl.report.sections import skin_type_tables
 from dermctl.report.tables import Table2, build_table2, to_csv, to_latex, to_markdown
 from dermctl.workspace import atomic_write_bytes, atomic_write_text
 
@@ -85,6 +86,7 @@ def make_report(
     elif {"png", "svg"} & set(wanted):
         report.notes.append("no kNN curves among the results: Figure 1 not written")
     if "html" in wanted:
-        page = render_html(table, collection, svg=images.get("svg"), png=images.get("png"))
+        skin = {t.task: render_skin_types(t) for t in skin_type_tables(collection, table.columns)}
+        page = render_html(table, collection, svg=images.get("svg"), png=images.get("png"), skin_figures=skin)
         report.written["html"] = atomic_write_text(out / FILE_NAMES["html"], page)
     return report

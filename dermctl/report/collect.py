@@ -16,6 +16,7 @@ from dermctl.errors import DataError
 from dermctl.workspace import read_json
 
 SCHEMA = "dermctl.result/1"
+UNAVAILABLE_DIR = "unavailable"  # results/unavailable/<model>.json (dermctl.eval.results)
 PROTOCOLS = ("knn", "linear", "finetune", "stratified", "knn-paper", "linear-paper")
 REQUIRED = ("protocol", "model", "task")
 # Run states the table flags: the numbers exist but come from a failed pretraining run.
@@ -60,6 +61,7 @@ class Collection:
     results_dir: Path
     records: list[ResultRecord] = field(default_factory=list)
     runs_dir: Path | None = None
+    unavailable: list[dict[str, Any]] = field(default_factory=list)  # models that could not be had here
 
     def tasks(self) -> list[str]:
         return sorted({r.task for r in self.records})
@@ -76,8 +78,25 @@ def find_result_files(results_dir: str | os.PathLike[str]) -> list[Path]:
             f"--results: {root} is not a folder (expected results/<protocol>/<model>/<task>.json)"
         )
     return sorted(
-        p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(root).parts)
+        p
+        for p in root.rglob("*.json")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.relative_to(root).parts[0] != UNAVAILABLE_DIR
     )
+
+
+def find_unavailable(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The models noted as unavailable (`results/unavailable/<model>.json`, written by `embed`); a
+    damaged note is skipped (it only adds a row saying "unavailable")."""
+    out = []
+    for p in sorted((Path(results_dir) / UNAVAILABLE_DIR).glob("*.json")):
+        try:
+            data = read_json(p)
+        except DataError:
+            continue
+        if isinstance(data, dict) and data.get("model") and data.get("reason"):
+            out.append(data)
+    return out
 
 
 def load_result(path: Path) -> ResultRecord:
@@ -178,8 +197,12 @@ def collect(
         elif r.model in statuses:
             r.run, r.run_status = r.model, statuses[r.model][0]
     check_test_splits(records)
+    have = {r.model for r in records}
     return Collection(
-        results_dir=Path(results_dir), records=records, runs_dir=Path(runs_dir) if runs_dir else None
+        results_dir=Path(results_dir),
+        records=records,
+        runs_dir=Path(runs_dir) if runs_dir else None,
+        unavailable=[u for u in find_unavailable(results_dir) if u["model"] not in have],
     )
 
 

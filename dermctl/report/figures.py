@@ -180,3 +180,32 @@ def render_figure1(data: Figure1Data, fmt: str) -> bytes:
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
         fig.savefig(buf, format=fmt, dpi=150, metadata=metadata)
     return buf.getvalue()
+
+
+def render_skin_types(table: Any) -> bytes:
+    """SVG bytes of a grouped bar chart: macro-F1 per Fitzpatrick skin type (x) per model (bars) of one
+    task's `SkinTypeTable` (dermctl.report.sections); missing values leave a gap, never a zero bar."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    labels = [f"{proto}: {model}" for proto, model, _ in table.rows]
+    n, k = len(table.types), max(1, len(table.rows))
+    colours = matplotlib.colormaps["tab10"]
+    with matplotlib.rc_context({"svg.hashsalt": "dermctl-skin-types", "font.size": 9}):
+        fig = Figure(figsize=(max(4.0, 0.9 * n + 2.5), 3.0), layout="constrained")
+        ax = fig.subplots()
+        width = 0.8 / k
+        for i, (_, _, cells) in enumerate(table.rows):
+            xs = [j - 0.4 + width * (i + 0.5) for j, v in enumerate(cells) if v is not None]
+            ys = [100 * v for v in cells if v is not None]
+            ax.bar(xs, ys, width=width, color=colours(i % 10), label=labels[i])
+        ticks = [f"{t}\n(n={table.counts[t]})" if t in table.counts else t for t in table.types]
+        ax.set_xticks(range(n), ticks)
+        ax.set_xlabel("Fitzpatrick skin type")
+        ax.set_ylabel("macro-F1 (x 100)")
+        ax.set_title(f"{task_label(table.task)}: macro-F1 per skin type")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()

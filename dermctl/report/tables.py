@@ -1,7 +1,7 @@
 """Table 2 of Gröger et al.: test macro-F1 per evaluation protocol x initialisation (rows) and task (columns).
 
-Rows follow the paper: linear evaluation (stratified random, ImageNet, ColorMe, SimCLR, BYOL, DINO, iBOT,
-random, then any other init alphabetically), then fine-tuned (ImageNet, the methods, random, others), then
+Rows follow the paper: the stratified random baseline (labelled "baseline": it is no linear probe), linear
+evaluation (ImageNet, ColorMe, SimCLR, BYOL, DINO, iBOT, random, then any other init alphabetically), then fine-tuned (ImageNet, the methods, random, others), then
 "linear, as published (optimistic)": `probe --protocol paper` results (the authors' untuned evaluation), kept
 in their own section so that no optimistic number sits among the honest ones. kNN results are not in the
 paper's table: they make Figure 1. Columns: Fitzpatrick17k,
@@ -72,6 +72,7 @@ class TableRow:
     label: str  # init label, plus "(model)" when several models share the init, plus marks
     cells: dict[str, Cell | None]
     marks: str = ""
+    unavailable: str | None = None  # why this model has no numbers here (e.g. ImageNet weights offline)
 
 
 @dataclass
@@ -176,11 +177,39 @@ def build_table2(collection: Collection, tasks: list[str] | None = None) -> Tabl
                     footnotes.append(
                         f"{INCOMPLETE_MARK} {label}: pretraining run {run} is {', '.join(unfinished)}"
                     )
-                rows.append(TableRow(section, shown, model, label + marks, cells, marks))
+                # the stratified random baseline is no linear probe: its own evaluation label (issue 11)
+                evaluation = "baseline" if init == "stratified" else section
+                rows.append(TableRow(evaluation, shown, model, label + marks, cells, marks))
+        if protocol in ("linear", "finetune"):
+            for u in collection.unavailable:
+                init = str(u.get("init") or "").lower()
+                if init not in order or (init, u["model"]) in by_model:
+                    continue
+                shown = INIT_LABELS.get(init, init)
+                reason = str(u["reason"])
+                rows.append(
+                    TableRow(
+                        section,
+                        shown,
+                        str(u["model"]),
+                        f"{shown} (unavailable)",
+                        dict.fromkeys(columns),
+                        "",
+                        reason,
+                    )
+                )
+                note = f"{shown} ({u['model']}) unavailable: {reason}"
+                if note not in footnotes:
+                    footnotes.append(note)
     return Table2(columns=columns, rows=rows, footnotes=footnotes)
 
 
-def _cell_text(cell: Cell | None, missing: str = MISSING) -> str:
+UNAVAILABLE = "unavailable"
+
+
+def _cell_text(cell: Cell | None, missing: str = MISSING, row: TableRow | None = None) -> str:
+    if cell is None and row is not None and row.unavailable:
+        return UNAVAILABLE
     return missing if cell is None else cell.text()
 
 
@@ -189,7 +218,7 @@ def to_markdown(table: Table2) -> str:
     head = ["evaluation", "init", *table.headers()]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for r in table.rows:
-        cells = [_md_escape(_cell_text(r.cells[c])) for c in table.columns]
+        cells = [_md_escape(_cell_text(r.cells[c], row=r)) for c in table.columns]
         lines.append("| " + " | ".join([r.evaluation, _md_escape(r.label), *cells]) + " |")
     text = "Table 2: test macro-F1 x 100 [95 % bootstrap CI]\n\n" + "\n".join(lines) + "\n"
     if table.footnotes:
@@ -211,7 +240,7 @@ def to_csv(table: Table2) -> str:
         head += [label, f"{label} ci_low", f"{label} ci_high"]
     writer.writerow(head)
     for r in table.rows:
-        out: list[str] = [r.evaluation, r.init, r.model, r.marks]
+        out: list[str] = [r.evaluation, r.init, r.model, UNAVAILABLE if r.unavailable else r.marks]
         for c in table.columns:
             cell = r.cells[c]
             if cell is None:
@@ -262,7 +291,7 @@ def to_latex(table: Table2) -> str:
             lines.append(r"\midrule")
         section = tex_escape(r.evaluation) if r.evaluation != previous else ""
         previous = r.evaluation
-        cells = [_cell_text(r.cells[c], MISSING_TEX) for c in table.columns]
+        cells = [_cell_text(r.cells[c], MISSING_TEX, r) for c in table.columns]
         lines.append(" & ".join([section, tex_escape(r.label), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     for note in table.footnotes:
@@ -283,6 +312,8 @@ def to_rich(table: Table2) -> Any:
     previous = None
     for r in table.rows:
         section = r.evaluation if r.evaluation != previous else ""
-        out.add_row(section, r.label, *(_cell_text(r.cells[c]) for c in table.columns), end_section=False)
+        out.add_row(
+            section, r.label, *(_cell_text(r.cells[c], row=r) for c in table.columns), end_section=False
+        )
         previous = r.evaluation
     return out
