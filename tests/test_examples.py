@@ -129,3 +129,72 @@ def test_own_folder_script_on_fake_data(tmp_path):
     corpus = (work / "manifests" / "corpus.csv").read_text()
     assert "copy_of_a_labelled_image" not in corpus  # the labelled images never enter pretraining
     assert (work / "results" / "knn" / "dino" / "task.json").is_file()
+
+
+@pytest.mark.slow
+def test_ablation_script_on_fake_data(tmp_path):
+    """examples/ablation.sh at toy size: both backbones for DINO and SimCLR, ColorMe and iBOT only where
+    they can run, and the report's method x backbone grid."""
+    from dermctl.data.demo import generate_demo, generate_unlabelled
+
+    labelled = generate_demo(tmp_path / "labelled", n_per_class=8, size=48, seed=3).parent / "images"
+    unlabelled = generate_unlabelled(tmp_path / "unlabelled", n=24, size=48, seed=4)
+    work = tmp_path / "abl"
+    env = _env(tmp_path)
+    run = [
+        sys.executable,
+        "-m",
+        "dermctl",
+        "--workdir",
+        str(work),
+        "--quiet",
+        "ingest",
+        "--dataset",
+        "folder",
+    ]
+    for args in (
+        ["--root", str(labelled), "--name", "task", "--role", "task"],
+        ["--root", str(unlabelled), "--name", "corpus", "--unlabelled", "--exclude", "task"],
+    ):
+        done = subprocess.run(run + args, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    tiny = {
+        **TINY,
+        "ibot": {**TINY["dino"], "patch_out_dim": 64},
+        "simclr": {"batch_size": 8, "image_size": 32},
+    }
+    for method, values in tiny.items():
+        values = {k: v for k, v in values.items() if k not in ("backbone", "init")}
+        (configs / f"{method}.toml").write_text(_toml({**values, **COMMON}))
+    env = _env(
+        tmp_path,
+        CORPUS=str(work / "manifests" / "corpus.csv"),
+        TASK="task",
+        WORKDIR=str(work),
+        METHODS="simclr dino colorme ibot",
+        BACKBONES="resnet10t vit_tiny_patch16_224",
+        CONFIG_DIR=str(configs),
+        EMBED_ARGS="--image-size 32 --batch-size 16",
+        SHOTS="1,2,all",
+        REPEATS="2",
+    )
+    out = subprocess.run(
+        ["bash", str(ROOT / "examples" / "ablation.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipping colorme on vit_tiny_patch16_224" in out.stderr
+    assert "skipping ibot on resnet10t" in out.stderr
+    runs = sorted(p.name for p in (work / "runs").iterdir())
+    assert runs == [
+        "colorme-resnet10t",
+        "dino-resnet10t",
+        "dino-vit_tiny_patch16_224",
+        "ibot-vit_tiny_patch16_224",
+        "simclr-resnet10t",
+        "simclr-vit_tiny_patch16_224",
+    ]
+    page = (work / "reports" / "report.html").read_text()
+    section = page[page.index('id="ablation"') : page.index('id="data"')]
+    assert "resnet10t" in section and "vit_tiny_patch16_224" in section and "SimCLR" in section

@@ -432,3 +432,28 @@ def test_unavailable_model_is_a_row_with_its_reason(tmp_path: Path) -> None:
     assert "; ImageNet unavailable here (ImageNet weights offline)" in (out / "report.html").read_text()
     clear_unavailable(res, "imagenet-resnet50")
     assert not any(r.model == "imagenet-resnet50" for r in make_report(res, out).table.rows)
+
+
+def test_method_by_backbone_grid(tmp_path: Path) -> None:
+    """§4's ablation: a method on two backbones makes a grid, with each backbone's own baselines."""
+    res, out = tmp_path / "results", tmp_path / "reports"
+
+    def put(protocol: str, model: str, init: str, backbone: str, f1: float) -> None:
+        path = write_result(res, protocol, model, "ham10000", f1, (f1 - 0.02, f1 + 0.02), init=init)
+        data = json.loads(path.read_text())
+        data["backbone"] = backbone
+        path.write_text(json.dumps(data))
+
+    put("linear", "dino-resnet50", "dino", "resnet50", 0.50)
+    put("linear", "dino-vit", "dino", "vit_tiny_patch16_224", 0.60)
+    put("linear", "ibot-vit", "ibot", "vit_tiny_patch16_224", 0.65)
+    put("linear", "random-resnet50", "random", "resnet50", 0.30)
+    make_report(res, out, formats=["html"])
+    from dermctl.report.sections import ablation_grids
+
+    (grid,) = ablation_grids(collect(res), ["ham10000"])
+    assert grid.protocol == "linear" and grid.backbones == ["resnet50", "vit_tiny_patch16_224"]
+    rows = {init: [None if c is None else round(c.value, 2) for c in cells] for init, cells in grid.rows}
+    assert rows == {"DINO": [0.5, 0.6], "iBOT": [None, 0.65], "random": [0.3, None]}
+    page = (out / "report.html").read_text()
+    assert 'id="ablation"' in page and "60.0 [58.0, 62.0]" in page

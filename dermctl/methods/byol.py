@@ -241,4 +241,4 @@ class BYOL(PretrainMethod):
         return std_collapse_reason(epoch_logs, int(self.cfg["proj_out_dim"]))
 
     def export(self) -> tuple[nn.Module, BackboneMeta]:
-        return self.backbone, rgb_backbone_meta(self.cfg, self.name)
+        return self.backbone, rgb_backbone_meta(self.cfg, self.name, self.backbone)

@@ -27,7 +27,7 @@ from dermctl.methods.photometric import (
     photometric_on_device,
     resolve_gpu_augment,
 )
-from dermctl.models.backbone import BackboneMeta, create_backbone
+from dermctl.models.backbone import BackboneMeta, create_backbone, default_feature_rule
 
 # A feature std below this fraction of the healthy 1/sqrt(d) means the embeddings have collapsed.
 COLLAPSE_STD_FRACTION = 0.1
@@ -271,7 +271,7 @@ class SimCLR(PretrainMethod):
         return std_collapse_reason(epoch_logs, int(self.cfg["proj_out_dim"]))
 
     def export(self) -> tuple[nn.Module, BackboneMeta]:
-        return self.backbone, rgb_backbone_meta(self.cfg, self.name)
+        return self.backbone, rgb_backbone_meta(self.cfg, self.name, self.backbone)
 
 
 def std_collapse_reason(epoch_logs: dict[str, float], dim: int) -> str | None:
@@ -283,11 +283,12 @@ def std_collapse_reason(epoch_logs: dict[str, float], dim: int) -> str | None:
     return None
 
 
-def rgb_backbone_meta(cfg: dict[str, Any], method: str) -> BackboneMeta:
-    """Export description of an RGB CNN encoder fed ImageNet-normalised images (avgpool features)."""
+def rgb_backbone_meta(cfg: dict[str, Any], method: str, backbone: nn.Module) -> BackboneMeta:
+    """Export description of an RGB encoder fed ImageNet-normalised images: the paper's feature rule for
+    its architecture (avgpool for a CNN, cls4 for a ViT, as when SimCLR/BYOL run on ViT-tiny)."""
     return BackboneMeta(
         timm_name=cfg["backbone"],
-        feature_rule="avgpool",
+        feature_rule=default_feature_rule(backbone),
         input_size=int(cfg["image_size"]),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,

@@ -1,8 +1,9 @@
 """report.html: one self-contained page, in this order: a verdict per task, Table 2 (with its flags), the
 study's published Table 2 beside the user's numbers, Figure 1 (inline SVG, else base64 PNG), per-class F1
-and recall, confusion matrices, the skin-type breakdown (table and figure), the data behind each task, and
+and recall, confusion matrices, the skin-type breakdown (table and figure), the method x backbone grid
+(Gröger et al. §4's ablation), the data behind each task, and
 a provenance section listing every result file behind the numbers. Section ids (`verdict`, `table2`,
-`published`, `figure1`, `per-class`, `confusion`, `skin-type`, `data`, `provenance`) are stable for
+`published`, `figure1`, `per-class`, `confusion`, `skin-type`, `ablation`, `data`, `provenance`) are stable for
 scripts and tests; wide tables scroll sideways instead of being cut."""
 
 from __future__ import annotations
@@ -145,6 +146,35 @@ def _skin_html(tables: list[sec.SkinTypeTable], figures: dict[str, bytes]) -> li
     return parts
 
 
+def _ablation_html(grids: list[sec.AblationGrid]) -> list[str]:
+    e = html.escape
+    parts = ['<section id="ablation"><h2>Method &times; backbone</h2>']
+    if not grids:
+        parts.append(
+            "<p>No method has results on more than one backbone (examples/ablation.sh runs the grid: is a gain "
+            "the method's or the architecture's?).</p>"
+        )
+    for g in grids:
+        label = sec.PROTOCOL_LABELS.get(g.protocol, g.protocol)
+        parts.append(
+            f'<h3>{e(task_label(g.task))}: {e(label)}, all labels</h3><div class="scroll"><table><thead><tr><th>init</th>'
+        )
+        parts += [f"<th>{e(b)}</th>" for b in g.backbones]
+        parts.append("</tr></thead><tbody>")
+        for init, cells in g.rows:
+            parts.append(f"<tr><td>{e(init)}</td>")
+            for c in cells:
+                if c is None:
+                    parts.append('<td class="missing">&mdash;</td>')
+                else:
+                    ci = f" [{100 * c.ci[0]:.1f}, {100 * c.ci[1]:.1f}]" if c.ci else ""
+                    parts.append(f'<td class="num">{100 * c.value:.1f}{ci}</td>')
+            parts.append("</tr>")
+        parts.append("</tbody></table></div>")
+    parts.append("</section>")
+    return parts
+
+
 def _data_html(summaries: list[sec.DataSummary]) -> list[str]:
     e = html.escape
     parts = ['<section id="data"><h2>Data: images per class and split</h2>']
@@ -240,6 +270,7 @@ def render_html(
     parts += _per_class_html(sec.class_tables(collection, tasks))
     parts += _confusion_html(sec.confusions(collection, tasks))
     parts += _skin_html(sec.skin_type_tables(collection, tasks), skin_figures or {})
+    parts += _ablation_html(sec.ablation_grids(collection, tasks))
     parts += _data_html(sec.data_summaries(collection, tasks))
     parts += [
         '<section id="provenance"><h2>Provenance</h2>',

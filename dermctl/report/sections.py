@@ -315,6 +315,51 @@ def published_comparison(collection: Collection, tasks: list[str]) -> list[Publi
     return rows
 
 
+@dataclass
+class AblationGrid:
+    """Method x backbone (Gröger et al. §4): macro-F1 of each init on each backbone, one protocol, one task."""
+
+    task: str
+    protocol: str
+    backbones: list[str]
+    rows: list[tuple[str, list[Score | None]]]  # (init label, one cell per backbone)
+
+
+def ablation_grids(collection: Collection, tasks: list[str]) -> list[AblationGrid]:
+    """A grid per task and honest protocol where some pretraining method has results on two or more
+    backbones; ImageNet and random rows give each architecture's own baseline. A cell holds the best
+    result of that (init, backbone) pair with all labels."""
+    from dermctl.report.tables import SECTIONS
+
+    order = SECTIONS[0][2]
+    out = []
+    for task in tasks:
+        for protocol in HONEST_PROTOCOLS:
+            recs = [
+                r
+                for r in collection.records
+                if task_key(r.task) == task_key(task) and r.protocol == protocol and r.macro_f1 is not None
+            ]
+            by_init: dict[str, dict[str, list[ResultRecord]]] = {}
+            for r in recs:
+                by_init.setdefault(r.init.lower(), {}).setdefault(r.backbone or "?", []).append(r)
+            if not any(len(b) > 1 for i, b in by_init.items() if i not in BASELINE_INITS):
+                continue
+            backbones = sorted(
+                {b for per in by_init.values() for b in per}, key=lambda b: (not b.startswith("resnet"), b)
+            )
+            rows = []
+            for init in sorted(by_init, key=lambda i: (order.index(i) if i in order else len(order), i)):
+                cells: list[Score | None] = []
+                for b in backbones:
+                    group = by_init[init].get(b, [])
+                    best = max(group, key=lambda r: r.macro_f1 or 0.0) if group else None
+                    cells.append(_score(best, "all") if best else None)
+                rows.append((INIT_LABELS.get(init, init), cells))
+            out.append(AblationGrid(task, protocol, backbones, rows))
+    return out
+
+
 def _task_records(collection: Collection, task: str) -> list[ResultRecord]:
     recs = [r for r in collection.records if task_key(r.task) == task_key(task)]
     order = list(PROTOCOL_LABELS)
@@ -329,6 +374,7 @@ def _num(v: Any) -> float | None:
 
 __all__ = [
     "PUBLISHED_TABLE2",
+    "ablation_grids",
     "SMALL_TEST",
     "class_tables",
     "confusions",
