@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end_and_refuses_to_clobber(tmp_path, monkeypatch):
         ("linear", "demo-simclr"),
         ("finetune", "demo-simclr"),
         ("knn", "random-resnet18"),
+        ("knn-paper", "demo-simclr"),
         ("stratified", "stratified"),
     ]:
         result = json.loads((ws.results / protocol / model / "demo-task.json").read_text())
@@ -42,6 +43,8 @@ def test_demo_runs_end_to_end_and_refuses_to_clobber(tmp_path, monkeypatch):
     # the skin type of the generated data reaches the results, so the report's breakdown appears
     knn = json.loads((ws.results / "knn" / "demo-simclr" / "demo-task.json").read_text())
     assert set(knn["per_skin_type"]) <= {"1", "2", "3", "4", "5", "6"} and len(knn["per_skin_type"]) >= 3
+    page = summary.report.read_text()
+    assert "as published (optimistic)" in page and "ImageNet (unavailable)" in page
     table = (ws.reports / "table2.md").read_text()
     assert "stratified random" in table and "SimCLR" in table
     # the verdict: every number it names is the one in the result files, and --json carries it
