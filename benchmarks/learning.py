@@ -9,9 +9,11 @@ The reference needs lightly (a dev-only tool, never a runtime dependency): pip i
 Data: scikit-learn's `load_digits` (1797 real 8x8 handwritten digits, ships offline), upscaled bilinearly
 to 32 px RGB PNGs in a temporary workspace, ingested with `dermctl ingest --dataset folder --unlabelled` and
 pretrained with `dermctl pretrain --method M --init random --set key=value ...` (patience 0: every epoch
-runs; dermctl holds out 5 % of the corpus for its val loss and exports the best val-loss epoch). The
-reference trains the same backbone on all images with a plain PyTorch loop around lightly's heads, losses,
-transforms and momentum helpers. ColorMe sees only green and rebuilds red/blue, which is the identity on
+runs; dermctl holds out 15 % of the corpus (ingest's default val fraction) for its val loss, and exports the
+epoch its `export_epoch` names: the best val loss for SimCLR/BYOL/ColorMe, the last for DINO/iBOT). The
+reference trains the same backbone on the same images, the manifest's train rows (so both take the same
+number of steps), with a plain PyTorch loop around lightly's heads, losses, transforms and momentum
+helpers, and keeps its last epoch. Both are scored on all 1797 digits. ColorMe sees only green and rebuilds red/blue, which is the identity on
 grey digits, so it trains on a coloured copy (red = horizontal, blue = vertical stroke strength: one fixed
 rule with no label in it; see tests/fakes.py `digit_images`) and is evaluated on that copy.
 
@@ -94,6 +96,14 @@ def write_pngs(folder: Path, images: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
         Image.fromarray(img).save(folder / f"digit{i:04d}.png")
+
+
+def train_indices(ws: Path, variant: str) -> np.ndarray:
+    """Indices (into the digits array) of the manifest's train rows: the images dermctl pretrains on."""
+    from dermctl.data.manifest import read_manifest
+
+    rows = read_manifest(ws / "manifests" / f"{variant}.csv").rows
+    return np.array(sorted(int(Path(r.path).stem.removeprefix("digit")) for r in rows if r.split == "train"))
 
 
 # -- the one evaluator --------------------------------------------------------------------------------
@@ -518,11 +528,12 @@ def main(argv: list[str] | None = None) -> int:
         row = dict(method=method, random=rand, dermctl=ours, d_loss=d_loss, d_wall=d_wall)
         if method in REFERENCE_METHODS and have_lightly:
             t0 = time.perf_counter()
+            train = images[train_indices(ws, variant)]  # the images dermctl trained on: equal steps
             if method == "dino":
-                ref_model, r_loss = reference_dino(images, epochs, args.seed, dino_export == "teacher")
+                ref_model, r_loss = reference_dino(train, epochs, args.seed, dino_export == "teacher")
             else:
                 ref_model, r_loss = {"simclr": reference_simclr, "byol": reference_byol}[method](
-                    images, epochs, args.seed
+                    train, epochs, args.seed
                 )
             row.update(
                 reference=knn_fewshot_f1(features(ref_model, images, size), labels, repeats=repeats),

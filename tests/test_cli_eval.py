@@ -142,6 +142,7 @@ def test_protocol_paper_is_stored_beside_the_honest_result(ws: Path) -> None:
     lin = read_result(ws / "results/linear-paper/random-resnet10t/toy.json")
     assert lin["protocol"] == "linear-paper" and "LogisticRegression()" in lin["config"]["classifier"]
     one_line_error(run(ws, "knn", "--task", "toy", "--protocol", "optimistic"), 2, "--protocol")
+    one_line_error(run(ws, "knn", "--task", "toy", "--protocol", "paper", "--k", "5"), 2, "--k")
     one_line_error(
         run(ws, "probe", "--task", "toy", "--model", "stratified", "--protocol", "paper"), 2, "stratified"
     )

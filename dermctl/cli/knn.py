@@ -95,6 +95,13 @@ def command(
     state = get_state(ctx)
     shot_list = parse_shots(shots)
     k_value = parse_k(k)
+    if protocol == "paper" and (k_value != 20 or vote != "weighted" or temperature != 0.07):
+        from dermctl.errors import UsageError
+
+        raise UsageError(
+            "--protocol paper: --k, --vote and --temperature do not apply (it uses uniform votes and picks k "
+            "on the test split, as the authors did)"
+        )
     models = [m for item in (model or []) for m in parse_csv_list("--model", item)]
     with make_progress(state) as progress:
         bar = progress.add_task(f"knn {task}", total=None)
