@@ -8,6 +8,8 @@
 # Runs every (method, backbone) pair dermctl can train: SimCLR, BYOL and DINO on both ResNet-50 and
 # ViT-tiny/16; ColorMe only on ResNet-50 (its U-Net needs a CNN's feature pyramid) and iBOT only on
 # ViT-tiny (masked image modelling needs patch tokens): those two pairs are skipped with a line saying why.
+# Each backbone also gets its random-init and (when the weights can be had) ImageNet rows. Finished runs are
+# not pretrained again, so the script can be re-run after adding a method.
 # All runs start from the same INIT (default random), so that neither architecture brings ImageNet
 # knowledge the other lacks; set INIT=imagenet to ask the other question.
 #
@@ -40,14 +42,30 @@ for method in $METHODS; do
     name="$method-$backbone"
     config=()
     if [ -n "${CONFIG_DIR:-}" ] && [ -f "$CONFIG_DIR/$method.toml" ]; then config=(--config "$CONFIG_DIR/$method.toml"); fi
-    if [ -f "$WORKDIR/runs/$name/run.json" ]; then resume=(--resume); else resume=(); fi
-    d pretrain --method "$method" --data "$CORPUS" --name "$name" --init "$INIT" "${config[@]}" \
-      --set "backbone=$backbone" "${resume[@]}" "${PRETRAIN_EXTRA[@]}" || [ $? -eq 4 ]  # diverged: reported
+    if [ -f "$WORKDIR/runs/$name/backbone.json" ]; then
+      echo "$name: pretrained already" >&2
+    else
+      # an interrupted run continues where it stopped
+      if [ -f "$WORKDIR/runs/$name/run.json" ]; then resume=(--resume); else resume=(); fi
+      d pretrain --method "$method" --data "$CORPUS" --name "$name" --init "$INIT" "${config[@]}" \
+        --set "backbone=$backbone" "${resume[@]}" "${PRETRAIN_EXTRA[@]}" || [ $? -eq 4 ]  # diverged: reported
+    fi
     if [ -f "$WORKDIR/runs/$name/backbone.json" ]; then
       d embed --model "$name" --task "$TASK" "${EMBED_EXTRA[@]}"
       MODELS+=(--model "$name")
     fi
   done
+done
+
+# Each architecture's own baselines: random init, and ImageNet weights when they can be had here.
+for backbone in $BACKBONES; do
+  d embed --model random --backbone "$backbone" --task "$TASK" "${EMBED_EXTRA[@]}"
+  MODELS+=(--model "random-$backbone")
+  if d embed --model imagenet --backbone "$backbone" --task "$TASK" "${EMBED_EXTRA[@]}"; then
+    MODELS+=(--model "imagenet-$backbone")
+  else
+    echo "ImageNet weights for $backbone unavailable: the report says so" >&2
+  fi
 done
 
 d knn --task "$TASK" "${MODELS[@]}" --shots "$SHOTS" --repeats "$REPEATS"

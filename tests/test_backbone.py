@@ -105,6 +105,11 @@ def test_backbone_kwargs_travel_with_the_export(tmp_path):
     assert torch.allclose(extract_features(loaded.eval(), x, "cls"), extract_features(m, x, "cls"), atol=1e-6)
 
 
+def test_backbone_kwargs_an_architecture_does_not_take_is_a_usage_error():
+    with pytest.raises(UsageError, match="backbone_kwargs .*resnet10t does not accept"):
+        create_backbone("resnet10t", model_kwargs={"patch_size": 4})
+
+
 def test_altered_export_detected(tmp_path):
     m = create_backbone("resnet18")
     weights = export_backbone(m, tmp_path, BackboneMeta(timm_name="resnet18", feature_rule="avgpool"))

@@ -39,6 +39,7 @@ def test_copies_share_bytes_and_hash_and_survive_the_next_save(tmp_path):
     save_checkpoint(_state(), last, [best])
     assert sidecar_path(best).read_text().split() == [sha256_file(best), "best.pt"]
     assert sha256_file(best) == sha256_file(last)
+    assert os.stat(best).st_ino == os.stat(last).st_ino  # a hard link here, not a second write
     newer = _state() | {"epoch": 4}
     save_checkpoint(newer, last)
     assert load_checkpoint(best)["epoch"] == 3 and load_checkpoint(last)["epoch"] == 4

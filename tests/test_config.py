@@ -9,7 +9,14 @@ import pytest
 
 from dermctl.errors import DataError, UsageError
 from dermctl.methods.base import ENGINE_DEFAULTS
-from dermctl.train.config import build_config, load_config_file, resume_differences, to_toml, validate_config
+from dermctl.train.config import (
+    build_config,
+    load_config_file,
+    resume_differences,
+    source_comments,
+    to_toml,
+    validate_config,
+)
 
 
 def test_defaults_then_file_then_overrides(tmp_path):
@@ -89,6 +96,25 @@ def test_toml_round_trip():
     back = tomllib.loads(text)
     assert back == {k: v for k, v in cfg.items() if v is not None}
     assert "# weight_decay_end = (unset)" in text
+
+
+@pytest.mark.parametrize("method", ["dino", "simclr"])
+def test_print_config_output_loads_back_as_a_config_file(tmp_path, method):
+    """`--print-config > run.toml` then `--config run.toml` (tables such as backbone_kwargs included)."""
+    cfg = build_config(method, None, {"backbone_kwargs": {"patch_size": 8}})
+    f = tmp_path / "run.toml"
+    f.write_text(to_toml(cfg, source_comments(cfg)), encoding="utf-8")
+    assert build_config(None, f) == cfg
+
+
+def test_a_run_saved_before_new_keys_resumes_with_its_old_behaviour():
+    """A 0.1.0 run's config has no backbone_kwargs / export_epoch: resuming it keeps what it did (best)."""
+    saved = build_config("dino", None, {})
+    del saved["backbone_kwargs"], saved["export_epoch"]
+    cfg = build_config("dino", None, {}, base=saved)
+    assert cfg["export_epoch"] == "best" and cfg["backbone_kwargs"] == {}
+    assert resume_differences(saved, cfg) == []
+    assert build_config("dino", None, {})["export_epoch"] == "last"  # a new run gets today's default
 
 
 def test_validate_accepts_defaults_and_resume_differences():

@@ -198,3 +198,9 @@ def test_ablation_script_on_fake_data(tmp_path):
     page = (work / "reports" / "report.html").read_text()
     section = page[page.index('id="ablation"') : page.index('id="data"')]
     assert "resnet10t" in section and "vit_tiny_patch16_224" in section and "SimCLR" in section
+    assert "<td>random</td>" in section  # each backbone's own baseline row
+    again = subprocess.run(  # re-running skips finished runs instead of failing on them
+        ["bash", str(ROOT / "examples" / "ablation.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "simclr-resnet10t: pretrained already" in again.stderr

@@ -49,19 +49,9 @@ def test_knn_paper_equals_sklearn_best_k_on_test_and_keeps_the_maximum():
             expected.append(_sklearn_best_over_k(xtr[sup], ytr[sup], xte, yte))
         assert point["values"] == pytest.approx(expected, abs=1e-9), point["shots"]
         assert point["macro_f1_max"] == pytest.approx(max(expected))
-        assert point["macro_f1_max"] >= point["macro_f1_mean"]
     # headline predictions: the whole training split at the k that scored best on test
     clf = KNeighborsClassifier(n_neighbors=out.k, metric="cosine", algorithm="brute").fit(xtr, ytr)
     assert np.array_equal(out.pred, clf.predict(xte))
-
-
-def test_knn_paper_is_optimistic_against_a_fixed_k():
-    """Choosing k on the test labels can only raise the score at a given support set."""
-    xtr, ytr, xte, yte = _data(1)
-    out = knn_paper(xtr, ytr, xte, yte, N_CLASSES, shots=(ALL,))
-    clf = KNeighborsClassifier(n_neighbors=20, metric="cosine", algorithm="brute").fit(xtr, ytr)
-    fixed = f1_score(yte, clf.predict(xte), average="macro")
-    assert out.curve[0]["macro_f1_max"] >= fixed
 
 
 def test_linear_paper_is_untuned_sklearn_logistic_regression():

@@ -67,6 +67,23 @@ def test_refuses_to_overwrite_a_different_result(tmp_path: Path) -> None:
     assert read_result(p)["metrics"]["macro_f1"] < 1.0
 
 
+def test_a_result_from_an_older_dermctl_is_the_same_result(tmp_path: Path) -> None:
+    """Re-running an unchanged evaluation over a file written before predictions/recall/confusion existed
+    is no conflict (the file gains the new fields); a changed number still is."""
+    import json
+
+    p = tmp_path / "r.json"
+    old = payload(1)
+    for rep in (old["metrics"], *old["per_skin_type"].values()):
+        rep.pop("per_class_recall", None), rep.pop("confusion", None)
+    p.write_text(json.dumps(old))
+    write_result(p, payload(1))
+    assert "confusion" in read_result(p)["metrics"]
+    p.write_text(json.dumps(old))
+    with pytest.raises(ConflictError, match="--force"):
+        write_result(p, payload(0))
+
+
 def test_invalid_results_are_rejected(tmp_path: Path) -> None:
     bad = payload(1)
     del bad["metrics"]["macro_f1_ci"]

@@ -388,7 +388,11 @@ class TaskData:
     @property
     def test_skin_types(self) -> np.ndarray | None:
         col = self.embeddings.extras.get(SKIN_TYPE_COLUMN)
-        return None if col is None else col[self._test]
+        if col is None:
+            return None
+        # a blank skin type is "unknown", as fine-tuning names it: one group, not two
+        test = np.asarray(col[self._test]).astype(str)
+        return np.where(np.char.strip(test) == "", "unknown", test)
 
     def data_summary(self) -> dict[str, Any]:
         """The manifest a result came from and its labelled images per class and split."""
@@ -398,7 +402,14 @@ class TaskData:
             labels = emb.labels[emb.mask(split) & (emb.labels >= 0)]
             per = np.bincount(labels, minlength=self.n_classes)
             counts[split] = {name: int(n) for name, n in zip(self.class_names, per, strict=True)}
-        return {"task": self.task, "manifest": str(self.manifest_path), "class_counts": counts}
+        # The manifest's file name and hash, not its path: a moved workspace or `--task x.csv` typed
+        # differently is the same result.
+        return {
+            "task": self.task,
+            "manifest": self.manifest_path.name,
+            "manifest_sha256": self.manifest_sha256,
+            "class_counts": counts,
+        }
 
     def test_predictions(self, pred: np.ndarray) -> dict[str, list[Any]]:
         """The headline test predictions per image: sha256, true and predicted class index."""

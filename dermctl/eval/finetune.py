@@ -615,7 +615,7 @@ def _result_payload(
         "provenance": provenance(saved_config, inputs),
         "data": {
             "task": manifest.name,
-            "manifest": str(manifest.path),
+            "manifest": Path(manifest.path).name if manifest.path else manifest.name,
             "class_counts": {
                 split: {
                     c: sum(1 for r in manifest.rows if r.split == split and r.label == c) for c in classes

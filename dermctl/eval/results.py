@@ -141,9 +141,17 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_result(read_json(path), str(path))
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    strip = lambda d: {k: v for k, v in d.items() if k not in _VOLATILE}  # noqa: E731
-    return strip(a) == strip(b)
+def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The same result: every value the old file holds (provenance aside) is equal in the new one. Keys
+    only the new payload has (fields added by a later dermctl: predictions, data, recall, confusion) do
+    not make a re-run of an unchanged evaluation a conflict; the file is then rewritten with them."""
+    return _covers({k: v for k, v in old.items() if k not in _VOLATILE}, new)
+
+
+def _covers(old: Any, new: Any) -> bool:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _covers(v, new[k]) for k, v in old.items())
+    return bool(old == new)
 
 
 def write_result(path: str | os.PathLike[str], payload: dict[str, Any], force: bool = False) -> Path:

@@ -12,6 +12,7 @@ own keys. Users override any key with `--config FILE` or `--set key=value`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -129,7 +130,7 @@ class PretrainMethod(nn.Module):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Full resolved default config of this method (engine keys + method keys)."""
-        return dict(ENGINE_DEFAULTS)
+        return copy.deepcopy(ENGINE_DEFAULTS)  # no config shares a mutable default (backbone_kwargs)
 
     @classmethod
     def sources(cls) -> dict[str, str]:

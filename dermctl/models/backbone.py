@@ -116,6 +116,10 @@ def create_backbone(
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     try:
         model = _create(timm, name, pretrained, kwargs)
+    except TypeError as exc:  # an argument this architecture does not take (e.g. patch_size on a CNN)
+        raise UsageError(
+            f"backbone_kwargs {model_kwargs or {}}: {name} does not accept them ({str(exc).splitlines()[0][:160]})"
+        ) from exc
     except (OSError, RuntimeError, ValueError) as exc:
         if init_s == "imagenet":
             raise UnavailableError(

@@ -25,6 +25,10 @@ LR_SCHEDULES = ("none", "cosine")
 LR_SCALINGS = ("none", "linear256")
 
 # Keys that may differ between a run and its --resume without changing the numbers it produces.
+# Keys whose value is a table (`backbone_kwargs = {patch_size = 8}` in a config file).
+TABLE_KEYS = frozenset({"backbone_kwargs"})
+# Keys added after 0.1.0, with the behaviour a run saved without them had: a resumed old run keeps it.
+LEGACY_DEFAULTS: dict[str, Any] = {"backbone_kwargs": {}, "export_epoch": "best"}
 RESUME_FREE_KEYS = frozenset({"num_workers", "monitor_task", "monitor_every", "deterministic"})
 
 
@@ -45,7 +49,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise DataError(f"--config: {p}: 'pretrain' must be a table")
         for key, value in table.items():
             data.setdefault(key, value)
-    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    nested = [k for k, v in data.items() if isinstance(v, dict) and k not in TABLE_KEYS]
     if nested:
         raise DataError(
             f"--config: {p}: unexpected table [{nested[0]}] (expected flat keys or a [pretrain] table)"
@@ -73,6 +77,8 @@ def build_config(
     name = method or file_method or (base or {}).get("method")
     if not name:
         raise UsageError("--method: missing (give --method NAME or `method = ...` in --config)")
+    if base:  # a saved run: keys it predates take the behaviour it ran with, not today's defaults
+        base = {**LEGACY_DEFAULTS, **base}
     cfg = resolve_config(str(name), {**_without_method(base), **layered} if base else layered)
     validate_config(cfg)
     return cfg
@@ -167,6 +173,7 @@ def check_backbone_kwargs(kwargs: Any) -> None:
 
 def resume_differences(saved: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     """Keys whose values differ between a saved run config and the one given to --resume."""
+    saved = {**LEGACY_DEFAULTS, **saved}
     keys = (set(saved) | set(cfg)) - RESUME_FREE_KEYS
     return sorted(
         k for k in keys if json.dumps(saved.get(k), default=str) != json.dumps(cfg.get(k), default=str)

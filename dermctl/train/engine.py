@@ -664,7 +664,10 @@ class _Trainer:
         if self.cfg["export_epoch"] == "best" and best.is_file():
             exported = self.stopper.best_epoch + 1
             if exported != self.epoch:  # else the weights in memory are the best epoch's already
-                self.method.load_state_dict(load_checkpoint(best)["model"])
+                state = load_checkpoint(best)
+                self.method.load_state_dict(state["model"])
+                # what the file holds, should a kill between last.pt and best.pt have left an older best
+                exported = int(state["epoch"])
         else:  # the weights in memory are the last epoch's (just saved as last.pt, or loaded by --resume)
             exported = self.epoch
         self.exported_epoch = exported
