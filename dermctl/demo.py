@@ -85,14 +85,14 @@ class DemoConfig:
     )
     image_size: int = 64  # generated images; the models see `train_size`
     train_size: int = 32
-    pretrain_epochs: int = 11
-    finetune_epochs: int = 5
+    pretrain_epochs: int = 10
+    finetune_epochs: int = 2
     finetune_lr: float = 1e-3  # backbone lr; the head's is the FinetuneConfig default
     shots: tuple[Any, ...] = (1, 5, 10, ALL)
     repeats: int = 5
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int = -1  # one loader worker per spare core: decoding overlaps the steps
     bootstrap: int = 200
 
 

@@ -27,7 +27,7 @@ def command(
     method: Annotated[
         str, typer.Option("--method", help="Pretraining method of the demo: simclr or dino.")
     ] = "simclr",  # defaults: DemoConfig's (a test keeps them in step; importing it here would load torch)
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Pretraining epochs.")] = 11,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Pretraining epochs.")] = 10,
     per_class: Annotated[int, typer.Option("--per-class", min=10, help="Labelled images per class.")] = 250,
     corpus_size: Annotated[
         int, typer.Option("--corpus-size", min=20, help="Unlabelled corpus images.")
