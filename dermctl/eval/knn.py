@@ -32,6 +32,7 @@ from dermctl.eval.results import build_result, write_result
 from dermctl.workspace import Workspace
 
 VOTES = ("weighted", "majority")
+NUMBA_MIN_PAIRS = 2_000_000  # query x train pairs from which the compiled CPU selection is used
 DEFAULT_K = 20
 DEFAULT_T = 0.07
 # k grid of `--k auto`, chosen on validation macro-F1 per support set (capped at the support size).
@@ -115,7 +116,8 @@ class KnnSweep:
     then only needs each query's k most similar members. `backend` "numba" (the default on a CPU)
     selects them for a whole batch of support sets in one compiled parallel loop
     (`dermctl.eval.support_topk`); "torch" gathers columns and runs torch.topk on `device` (the
-    default on a GPU). `device` None picks cuda when present. Memory: n_query x n_train float32."""
+    default on a GPU, and on a CPU for small problems, below NUMBA_MIN_PAIRS query x train pairs, where
+    numba's one-off compilation would cost more than it saves). `device` None picks cuda when present. Memory: n_query x n_train float32."""
 
     def __init__(
         self,
@@ -129,7 +131,10 @@ class KnnSweep:
         self.train_y = np.asarray(train_y, dtype=np.int64)
         self.n_classes = n_classes
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.backend = backend or ("numba" if self.device.type == "cpu" else "torch")
+        # numba pays ~12 s of compilation on a machine's first run; below NUMBA_MIN_PAIRS query x train
+        # pairs torch's topk is as fast as that is worth (the two backends give identical predictions)
+        small = len(query_x) * len(self.train_y) < NUMBA_MIN_PAIRS
+        self.backend = backend or ("numba" if self.device.type == "cpu" and not small else "torch")
         if self.backend not in ("numba", "torch"):
             raise ValueError(f"backend {self.backend!r}: expected 'numba' or 'torch'")
         self._train = np.asarray(train_x, dtype=np.float32)

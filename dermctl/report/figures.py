@@ -192,7 +192,7 @@ def render_skin_types(table: Any) -> bytes:
     n, k = len(table.types), max(1, len(table.rows))
     colours = matplotlib.colormaps["tab10"]
     with matplotlib.rc_context({"svg.hashsalt": "dermctl-skin-types", "font.size": 9}):
-        fig = Figure(figsize=(max(4.0, 0.9 * n + 2.5), 3.0), layout="constrained")
+        fig = Figure(figsize=(max(4.0, 0.9 * n + 2.5) + 3.0, 3.0), layout="constrained")
         ax = fig.subplots()
         width = 0.8 / k
         for i, (_, _, cells) in enumerate(table.rows):
@@ -205,7 +205,7 @@ def render_skin_types(table: Any) -> bytes:
         ax.set_ylabel("macro-F1 (x 100)")
         ax.set_title(f"{task_label(table.task)}: macro-F1 per skin type")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return buf.getvalue()
