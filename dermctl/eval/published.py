@@ -1,6 +1,6 @@
 """The study authors' own evaluation (`--protocol paper`): optimistic by construction, kept for comparison.
 
-What the authors' code does (PyPI `self-supervised-dermatology` 0.0.16; `../shared/protocols.md`):
+What the authors' code does (PyPI `self-supervised-dermatology` 0.0.16, read for this module: trainers/*, eval_downstream.py, knn_figs.py):
 - **kNN (their Figure 1)**: scikit-learn `KNeighborsClassifier(metric="cosine")` with uniform votes; for
   every support set, k is the value among {1, 5, 10, 20, 30, 50, 100, 200} with the best macro-F1 *on the
   test set*, and the figure plots the **maximum** over the repeats.

@@ -37,7 +37,7 @@ PROTOCOL_LABELS = {
     "linear-paper": "linear, as published (optimistic)",
 }
 
-# Gröger et al., Table 2: test macro-F1 x 100 (../shared/protocols.md). Keys: (protocol, init).
+# Gröger et al., Table 2: test macro-F1 x 100 (copied from the paper). Keys: (protocol, init).
 PUBLISHED_TABLE2: dict[tuple[str, str], dict[str, float]] = {
     ("stratified", "stratified"): {"fitzpatrick17k": 33.4, "pad-ufes-20": 18.0, "ham10000": 14.0},
     ("linear", "imagenet"): {"fitzpatrick17k": 51.0, "pad-ufes-20": 49.7, "ham10000": 54.1},
