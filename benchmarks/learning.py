@@ -9,8 +9,8 @@ The reference needs lightly (a dev-only tool, never a runtime dependency): pip i
 Data: scikit-learn's `load_digits` (1797 real 8x8 handwritten digits, ships offline), upscaled bilinearly
 to 32 px RGB PNGs in a temporary workspace, ingested with `dermctl ingest --dataset folder --unlabelled` and
 pretrained with `dermctl pretrain --method M --init random --set key=value ...` (patience 0: every epoch
-runs; dermctl holds out 15 % of the corpus (ingest's default val fraction) for its val loss, and exports the
-epoch its `export_epoch` names: the best val loss for SimCLR/BYOL/ColorMe, the last for DINO/iBOT). The
+runs; dermctl holds out 15 % of the corpus (ingest's default val fraction) for its val loss, and exports its
+last epoch, `export_epoch`'s default for every method). The
 reference trains the same backbone on the same images, the manifest's train rows (so both take the same
 number of steps), with a plain PyTorch loop around lightly's heads, losses, transforms and momentum
 helpers, and keeps its last epoch. Both are scored on all 1797 digits. ColorMe sees only green and rebuilds red/blue, which is the identity on

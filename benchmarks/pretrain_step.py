@@ -28,8 +28,9 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from dermctl.methods import StepContext, get_method, method_names
+from dermctl.runtime.device import resolve_device, resolve_precision
 from dermctl.train.config import validate_config
-from dermctl.train.engine import build_optimizer, build_schedules, resolve_device, resolve_precision
+from dermctl.train.engine import build_optimizer, build_schedules
 
 
 def bench_config(method: str, device: torch.device) -> dict[str, Any]:

@@ -130,8 +130,8 @@ def reference(manifest: Path, epochs: int) -> None:
     from lightly.transforms import SimCLRTransform
     from lightly.utils.scheduler import cosine_schedule
 
-    from dermctl.methods.base import resolve_config
-    from dermctl.train.data import resolve_num_workers
+    from dermctl.methods.registry import resolve_config
+    from dermctl.runtime.device import resolve_num_workers
 
     cfg = resolve_config("simclr", {**SETTINGS, "epochs": epochs, "init": "random"})
     s = cfg["color_strength"]

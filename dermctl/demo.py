@@ -20,15 +20,13 @@ from dermctl.data.demo import generate_demo, generate_unlabelled
 from dermctl.data.ingest import IngestOptions, run_ingest
 from dermctl.data.manifest import read_manifest
 from dermctl.errors import ConflictError, UnavailableError, UsageError
-from dermctl.eval.baselines import evaluate_stratified
 from dermctl.eval.embed import embed
 from dermctl.eval.fewshot import ALL
-from dermctl.eval.finetune import FinetuneConfig, run_finetune
-from dermctl.eval.knn import EvalSummary, evaluate_knn
-from dermctl.eval.probe import evaluate_probe
-from dermctl.methods.base import resolve_config
+from dermctl.eval.runner import EvalSummary, evaluate_knn, evaluate_probe, evaluate_stratified
+from dermctl.methods.registry import resolve_config
 from dermctl.report import make_report
 from dermctl.train.engine import pretrain
+from dermctl.train.finetune import FinetuneConfig, run_finetune
 from dermctl.workspace import Workspace
 
 TASK = "demo-task"
@@ -237,7 +235,7 @@ def run_demo(
         lambda: evaluate_knn(
             workspace,
             TASK,
-            models,
+            models=models,
             shots=shots,
             repeats=config.repeats,
             seed=config.seed,
@@ -252,7 +250,7 @@ def run_demo(
         lambda: evaluate_knn(
             workspace,
             TASK,
-            models,
+            models=models,
             shots=shots,
             repeats=config.repeats,
             seed=config.seed,
@@ -264,7 +262,7 @@ def run_demo(
     probe = step(
         "linear probe",
         lambda: evaluate_probe(
-            workspace, TASK, models, seed=config.seed, bootstrap=config.bootstrap, force=force
+            workspace, TASK, models=models, seed=config.seed, bootstrap=config.bootstrap, force=force
         ),
     )
     ft = FinetuneConfig(

@@ -7,7 +7,6 @@ import hashlib
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from dermctl import __version__
@@ -72,8 +71,3 @@ def provenance(config: dict[str, Any] | None = None, inputs: dict[str, str] | No
         "host": platform.node(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def file_inputs(paths: dict[str, str | os.PathLike[str]]) -> dict[str, str]:
-    """{name: sha256} for named input files."""
-    return {name: sha256_file(Path(p)) for name, p in paths.items()}

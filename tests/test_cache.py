@@ -20,7 +20,7 @@ import dermctl.train.data as data_mod
 from dermctl.data.cache import DecodeCache, resize_shorter, resized_size
 from dermctl.data.images import open_rgb
 from dermctl.errors import DataError, DiskFullError, UsageError
-from dermctl.methods.base import resolve_config
+from dermctl.methods.registry import resolve_config
 from dermctl.methods.simclr import SimCLR
 from dermctl.train.data import (
     ImageDataset,
@@ -31,7 +31,6 @@ from dermctl.train.data import (
     load_pretrain_data,
     make_loader,
     pretrain_datasets,
-    resolve_num_workers,
 )
 from dermctl.workspace import Workspace
 
@@ -234,21 +233,6 @@ def test_persistent_loader_serves_every_epoch_like_a_fresh_one(tmp_path):
     finally:
         close_loaders(ds)
     assert ds._loaders == {}
-
-
-def test_worker_count_from_the_cores(monkeypatch):
-    monkeypatch.setattr(data_mod, "available_cores", lambda: 16)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert resolve_num_workers(3) == 3 and resolve_num_workers(0) == 0
-    assert resolve_num_workers(-1) == 15
-    assert resolve_num_workers(-1, local_processes=4) == 3
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert resolve_num_workers(-1) == 1
-    monkeypatch.setattr(data_mod, "available_cores", lambda: 64)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert resolve_num_workers(-1) == data_mod.MAX_WORKERS
-    monkeypatch.setattr(data_mod, "available_cores", lambda: 1)
-    assert resolve_num_workers(-1) == 0
 
 
 def test_entries_are_not_fsynced_but_checked_on_read(tmp_path, monkeypatch, decodes):

@@ -1,4 +1,4 @@
-"""dermctl.train.checkpoint: hashed, weights-only checkpoints."""
+"""dermctl.runtime.checkpoint: hashed, weights-only checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from dermctl.errors import DataError
 from dermctl.provenance import sha256_file
-from dermctl.train.checkpoint import check_plain, load_checkpoint, save_checkpoint, sidecar_path
+from dermctl.runtime.checkpoint import check_plain, load_checkpoint, save_checkpoint, sidecar_path
 
 
 def _state():
@@ -98,7 +98,7 @@ def test_full_disk_during_save_names_the_file_and_keeps_the_old_pair(tmp_path, m
     import errno
 
     from dermctl.errors import DiskFullError
-    from dermctl.train import checkpoint as ckpt_mod
+    from dermctl.runtime import checkpoint as ckpt_mod
 
     path = tmp_path / "last.pt"
     save_checkpoint({"w": torch.zeros(3)}, path)
@@ -130,3 +130,40 @@ def test_full_disk_during_save_names_the_file_and_keeps_the_old_pair(tmp_path, m
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["w"], torch.zeros(3))  # the old pair still verifies
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+
+
+def test_background_writer_saves_the_state_as_it_was_at_submit(tmp_path):
+    from dermctl.runtime.checkpoint import CheckpointWriter
+
+    w = torch.ones(1000)
+    state = {"model": {"w": w}, "history": [{"epoch": 1}]}
+    writer = CheckpointWriter()
+    writer.submit(state, tmp_path / "last.pt", [tmp_path / "best.pt"])
+    w.add_(1.0)  # training goes on: the next step changes the weights in place
+    state["history"].append({"epoch": 2})
+    writer.wait()
+    for name in ("last.pt", "best.pt"):
+        saved = load_checkpoint(tmp_path / name)  # hash-verified
+        assert torch.equal(saved["model"]["w"], torch.ones(1000)) and saved["history"] == [{"epoch": 1}]
+    writer.submit({"model": {"w": w}}, tmp_path / "last.pt")
+    writer.submit({"model": {"w": w * 3}}, tmp_path / "last.pt")  # waits for the first: files in order
+    writer.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.full((1000,), 6.0))
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.ones(1000))
+
+
+def test_background_write_error_reaches_the_training_thread(tmp_path, monkeypatch):
+    import dermctl.runtime.checkpoint as ckpt_mod
+    from dermctl.errors import DiskFullError
+
+    def full(*args, **kwargs):
+        raise DiskFullError(f"{tmp_path / 'last.pt'}: no space left on the device")
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", full)
+    writer = ckpt_mod.CheckpointWriter()
+    writer.submit({"x": torch.zeros(2)}, tmp_path / "last.pt")
+    with pytest.raises(DiskFullError, match="last.pt"):
+        writer.wait()
+    writer.wait()  # told once
+    with pytest.raises(TypeError):  # a value that is no plain container fails in the caller's thread
+        writer.submit({"x": object()}, tmp_path / "last.pt")

@@ -13,7 +13,7 @@ from dermctl.models.backbone import BackboneMeta, create_backbone, export_backbo
 
 runner = CliRunner()
 ARGS = ["finetune", "--task", "tiny", "--model", "dino-tiny"]
-FAST = ["--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--bootstrap", "20", "--device", "cpu"]
+FAST = ["--epochs", "2", "--batch-size", "4", "--workers", "0", "--bootstrap", "20", "--device", "cpu"]
 
 
 def make_run(root: Path) -> None:

@@ -141,7 +141,7 @@ def test_offline_imagenet_default_says_how_to_go_on(ws, monkeypatch):
 
 # -- issue 12: recovery, the run lock, a full disk ------------------------------------------------------
 
-TINY = ["--method", "tinytest", "--epochs", "2", "--device", "cpu", "--batch-size", "3", "--num-workers", "0"]
+TINY = ["--method", "tinytest", "--epochs", "2", "--device", "cpu", "--batch-size", "3", "--workers", "0"]
 
 
 def _enospc_on(monkeypatch, predicate):

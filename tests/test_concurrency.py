@@ -14,7 +14,7 @@ from helpers_methods import make_corpus, make_images
 from test_cli_eval import make_task
 from test_crash_safety import EMBED, KNN, cli, h5_features, spawn, temps
 
-from dermctl.train.checkpoint import load_checkpoint
+from dermctl.runtime.checkpoint import load_checkpoint
 from dermctl.workspace import read_json
 
 

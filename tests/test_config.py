@@ -114,7 +114,10 @@ def test_a_run_saved_before_new_keys_resumes_with_its_old_behaviour():
     cfg = build_config("dino", None, {}, base=saved)
     assert cfg["export_epoch"] == "best" and cfg["backbone_kwargs"] == {}
     assert resume_differences(saved, cfg) == []
-    assert build_config("dino", None, {})["export_epoch"] == "last"  # a new run gets today's default
+    assert all(
+        build_config(m, None, {})["export_epoch"] == "last"
+        for m in ("simclr", "byol", "colorme", "dino", "ibot")
+    )
 
 
 def test_validate_accepts_defaults_and_resume_differences():
@@ -132,7 +135,7 @@ STUDY_METHODS = ("colorme", "simclr", "byol", "dino", "ibot")
 
 @pytest.mark.parametrize("method", STUDY_METHODS)
 def test_every_default_names_its_source(method):
-    from dermctl.methods.base import get_method
+    from dermctl.methods.registry import get_method
 
     cls = get_method(method)
     sources = cls.sources()

@@ -32,7 +32,7 @@ from dermctl.data.demo import generate_demo
 from dermctl.data.manifest import read_manifest
 from dermctl.eval.embeddings import read_attrs
 from dermctl.models.backbone import BackboneMeta, create_backbone, export_backbone
-from dermctl.train.checkpoint import load_checkpoint
+from dermctl.runtime.checkpoint import load_checkpoint
 from dermctl.workspace import read_json, remove_stale_temps
 
 KILLS = 2
@@ -44,7 +44,7 @@ SCRIPT = (
 )
 EMBED = ["embed", "--model", "random", "--backbone", "resnet10t", "--image-size", "32", "--device", "cpu"]
 EMBED += ["--workers", "0", "--batch-size", "1"]
-FT_FAST = ["--batch-size", "4", "--num-workers", "0", "--bootstrap", "20", "--device", "cpu"]
+FT_FAST = ["--batch-size", "4", "--workers", "0", "--bootstrap", "20", "--device", "cpu"]
 FT = ["finetune", "--task", "toy", "--model", "dino-tiny", "--epochs", "12", "--patience", "20", *FT_FAST]
 KNN = ["knn", "--task", "toy", "--shots", "1,2,all", "--repeats", "3", "--seed", "3"]
 
@@ -263,7 +263,7 @@ def test_checkpoint_and_sidecar_verify_at_every_rename(tmp_path: Path, monkeypat
     leave a pair that verifies (the old checkpoint or the new one), never a 'hash mismatch'."""
     import torch
 
-    from dermctl.train.checkpoint import save_checkpoint
+    from dermctl.runtime.checkpoint import save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint({"epoch": 0, "w": torch.zeros(3)}, path)

@@ -137,8 +137,8 @@ def test_random_init_features_see_the_nuisances_not_the_label(tmp_path: Path) ->
     # nearest neighbour far above chance (1/6) but not its class (1/4).
     import torch
 
-    from dermctl.eval.embed import eval_transform
     from dermctl.models.backbone import IMAGENET_MEAN, IMAGENET_STD, create_backbone, extract_features
+    from dermctl.models.transforms import eval_transform
 
     rows = _rows(generate_demo(tmp_path / "d", n_per_class=60, size=64, seed=0))
     torch.manual_seed(0)

@@ -18,9 +18,8 @@ from helpers_methods import make_corpus, make_images, make_task
 from torch import nn
 
 from dermctl.errors import UsageError
-from dermctl.train.checkpoint import load_checkpoint
-from dermctl.train.config import build_config
-from dermctl.train.distributed import (
+from dermctl.runtime.checkpoint import load_checkpoint
+from dermctl.runtime.distributed import (
     DEBUG_HASH_ENV,
     CPUSyncBatchNorm,
     Dist,
@@ -31,6 +30,7 @@ from dermctl.train.distributed import (
     state_hash,
     use_sync_bn,
 )
+from dermctl.train.config import build_config
 from dermctl.train.engine import RunInterrupted, pretrain
 from dermctl.workspace import Workspace
 
@@ -320,7 +320,7 @@ def test_two_processes_match_one_for_every_method_embed_and_resume(tmp_path):
                 "--image-size",
                 "64",
             ]
-            + ["--batch-size", "2", "--device", "cpu", "--num-workers", "0", "--bootstrap", "10"]
+            + ["--batch-size", "2", "--device", "cpu", "--workers", "0", "--bootstrap", "10"]
         }
     )
     proc = torchrun_jobs(jobs, tmp_path)

@@ -1,10 +1,12 @@
-"""dermctl.train.early_stopping: patience on the validation loss."""
+"""dermctl.runtime.early_stopping: patience on a validated value (pretraining: val loss; fine-tuning: val F1)."""
 
 from __future__ import annotations
 
 import math
 
-from dermctl.train.early_stopping import EarlyStopping
+import pytest
+
+from dermctl.runtime.early_stopping import EarlyStopping
 
 
 def test_stops_after_exactly_patience_epochs_on_a_plateau():
@@ -48,3 +50,22 @@ def test_state_round_trip():
     other = EarlyStopping(patience=3)
     other.load_state_dict(es.state_dict())
     assert (other.best, other.best_epoch, other.bad_epochs) == (2.0, 0, 1)
+
+
+def test_max_mode_for_fine_tuning_f1():
+    es = EarlyStopping(patience=2, mode="max")
+    assert [es.step(v, e) for e, v in enumerate([0.2, 0.5, 0.5, 0.4])] == [True, True, False, False]
+    assert es.best_epoch == 1 and es.best == 0.5 and es.should_stop  # a tie keeps the earlier epoch
+    es = EarlyStopping(patience=3, mode="min")
+    for e, v in enumerate([1.0, 0.7, 0.9, 0.6, 0.8]):
+        es.step(v, e)
+    assert es.best_epoch == 3 and not es.should_stop
+    with pytest.raises(ValueError, match="auc"):
+        EarlyStopping(mode="auc")
+
+
+def test_loads_a_fine_tuning_state_saved_before_any_finite_value():
+    """0.1.0's fine-tuning stopper saved best=None until the first finite F1."""
+    es = EarlyStopping(patience=3, mode="max")
+    es.load_state_dict({"best": None, "best_epoch": -1, "bad_epochs": 1})
+    assert es.best == -math.inf and es.step(0.1, 1) and es.bad_epochs == 0

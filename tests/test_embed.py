@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from dermctl.errors import DataError, UsageError
-from dermctl.eval.embed import embed, eval_transform
+from dermctl.eval.embed import embed
 from dermctl.eval.embeddings import read_attrs, read_embeddings
 from dermctl.models.backbone import BackboneMeta, create_backbone, export_backbone
+from dermctl.models.transforms import eval_transform
 from dermctl.workspace import Workspace
 
 COLOURS = {"bcc": (200, 40, 40), "mel": (40, 200, 40), "nev": (40, 40, 200)}

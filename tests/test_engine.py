@@ -16,7 +16,7 @@ from helpers_methods import make_corpus, make_images, make_task
 
 from dermctl.errors import EXIT_INTERRUPTED, EXIT_TRAINING, ConflictError, TrainingError, UsageError
 from dermctl.models.backbone import load_exported
-from dermctl.train.checkpoint import load_checkpoint
+from dermctl.runtime.checkpoint import load_checkpoint
 from dermctl.train.config import build_config
 from dermctl.train.engine import RunInterrupted, build_schedules, pretrain
 from dermctl.workspace import Workspace
@@ -191,13 +191,15 @@ def _assert_exported(run, model_state):
 def test_early_stopping_and_collapse_flag(setup):
     ws, man, _ = setup
     # min_delta so large that no epoch after the first improves: stops after exactly `patience` more.
-    cfg = build_config("tinytest", None, {"epochs": 10, "patience": 2, "min_delta": 100.0})
+    cfg = build_config(
+        "tinytest", None, {"epochs": 10, "patience": 2, "min_delta": 100.0, "export_epoch": "best"}
+    )
     s = pretrain(cfg, [man], ws, name="es", device="cpu")
     assert s.status == "early_stopped" and s.epochs_run == 3 and s.best_epoch == 1
     assert s.exported_epoch == 1
     best = load_checkpoint(ws.runs / "es" / "checkpoints" / "best.pt")["model"]
     _assert_exported(ws.runs / "es", best)
-    # export_epoch = last (DINO/iBOT's default): the backbone of the epoch the run ended on
+    # export_epoch = last (the default): the backbone of the epoch the run ended on
     s = pretrain(dict(cfg, export_epoch="last"), [man], ws, name="es-last", device="cpu")
     assert (s.best_epoch, s.exported_epoch) == (1, 3)
     last = load_checkpoint(ws.runs / "es-last" / "checkpoints" / "last.pt")["model"]
@@ -222,7 +224,7 @@ def test_bad_inputs_fail_before_training(setup):
 
 
 def test_dist_shards_cover_the_epoch_equally():
-    from dermctl.train.distributed import Dist
+    from dermctl.runtime.distributed import Dist
 
     order = [4, 0, 3, 1, 2]
     shards = [Dist(rank=r, world_size=2).shard(order) for r in range(2)]
@@ -231,16 +233,28 @@ def test_dist_shards_cover_the_epoch_equally():
     assert Dist().shard(order) == order and Dist().is_main
 
 
-def test_monitor_knn_fallback_matches_dermctl_eval():
-    from dermctl.train import health
+def test_val_batches_are_loaded_once_and_give_the_same_val_loss(setup, monkeypatch):
+    """The val views are fixed, so a small val set is replayed from memory: the val losses equal those of
+    loading it every epoch, and its loader is built only for the first validation."""
+    import dermctl.train.engine as engine
 
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 8)) * 5
-    train_y = np.repeat(np.arange(3), 10)
-    test_y = np.repeat(np.arange(3), 4)
-    train_x = centres[train_y] + rng.normal(size=(30, 8))
-    test_x = centres[test_y] + rng.normal(size=(12, 8))
-    assert health.knn_macro_f1(train_x, train_y, test_x, test_y, 3) == pytest.approx(1.0)
-    noisy_x = rng.normal(size=(12, 8))
-    ours = health._macro_f1(test_y, health._knn_predict(train_x, train_y, noisy_x, 3, 20, 0.07), 3)
-    assert health.knn_macro_f1(train_x, train_y, noisy_x, test_y, 3) == pytest.approx(ours)
+    ws, man, _ = setup
+    calls: list[int] = []
+    real = engine.make_loader
+
+    def counting(ds, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(id(ds))
+        return real(ds, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_loader", counting)
+    cfg = build_config("tinytest", None, {"epochs": 3, "patience": 0, "num_workers": 0})
+    cached = pretrain(cfg, [man], ws, name="cached", device="cpu")
+    loads_cached = len(calls)
+    monkeypatch.setattr(engine, "VAL_CACHE_BYTES", 0)
+    calls.clear()
+    fresh = pretrain(cfg, [man], ws, name="fresh", device="cpu")
+    assert cached.status == fresh.status == "finished"
+    assert [r["val_loss"] for r in _metrics(ws.runs / "cached" / "metrics.csv")] == [
+        r["val_loss"] for r in _metrics(ws.runs / "fresh" / "metrics.csv")
+    ]
+    assert len(calls) - loads_cached == 2  # epochs 2 and 3 loaded val again only without the cache

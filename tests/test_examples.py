@@ -70,7 +70,7 @@ def test_reproduce_study_script_on_fake_data(tmp_path):
         METHODS="colorme dino",
         CONFIG_DIR=str(configs),
         EMBED_ARGS="--image-size 32 --batch-size 16",
-        FINETUNE_ARGS="--epochs 1 --image-size 32 --batch-size 16 --num-workers 0 --bootstrap 20",
+        FINETUNE_ARGS="--epochs 1 --image-size 32 --batch-size 16 --workers 0 --bootstrap 20",
         SHOTS="1,2,all",
         REPEATS="2",
     )
@@ -111,7 +111,7 @@ def test_own_folder_script_on_fake_data(tmp_path):
             f"--set {k}={json.dumps(v)}" for k, v in {**TINY["dino"], **COMMON}.items() if k != "backbone"
         ),
         "EMBED_ARGS": "--image-size 32 --batch-size 16",
-        "FINETUNE_ARGS": "--epochs 1 --image-size 32 --batch-size 16 --num-workers 0 --bootstrap 20",
+        "FINETUNE_ARGS": "--epochs 1 --image-size 32 --batch-size 16 --workers 0 --bootstrap 20",
         "SHOTS": "1,2,all",
         "REPEATS": "2",
     }

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from dermctl import results as eval_results
 from dermctl.data.manifest import read_manifest
 from dermctl.errors import ConflictError, DataError, UsageError
-from dermctl.eval import results as eval_results
-from dermctl.eval.finetune import (
-    EarlyStopping,
+from dermctl.eval.models import LoadedModel
+from dermctl.models.backbone import BackboneMeta, create_backbone
+from dermctl.train.finetune import (
     FinetuneConfig,
     FinetuneModel,
     ManifestImages,
@@ -24,8 +25,6 @@ from dermctl.eval.finetune import (
     finetune,
     split_train_val,
 )
-from dermctl.eval.models import LoadedModel
-from dermctl.models.backbone import BackboneMeta, create_backbone
 from dermctl.workspace import Workspace
 
 CLASSES = ("bcc", "mel", "nv")
@@ -88,22 +87,6 @@ def test_class_weights_inverse_frequency() -> None:
     assert torch.allclose(w, torch.tensor([6 / 9, 2.0, 1.0]))
     assert torch.allclose(class_weights([0, 1, 0, 1], 2), torch.ones(2))
     assert class_weights([0, 0], 2)[1] == 0
-
-
-def test_early_stopping_f1_and_loss() -> None:
-    es = EarlyStopping("f1", patience=2)
-    improved = [es.step(e, v) for e, v in enumerate([0.2, 0.5, 0.5, 0.4])]
-    assert improved == [True, True, False, False]
-    assert es.best_epoch == 1 and es.best == 0.5 and es.should_stop
-    es = EarlyStopping("loss", patience=3)
-    for e, v in enumerate([1.0, 0.7, 0.9, 0.6, 0.8]):
-        es.step(e, v)
-    assert es.best_epoch == 3 and not es.should_stop
-    restored = EarlyStopping("loss", 3)
-    restored.load_state_dict(es.state_dict())
-    assert restored.best == 0.6 and restored.bad_epochs == 1
-    with pytest.raises(UsageError):
-        EarlyStopping("auc", 1)
 
 
 def test_config_validation_names_option() -> None:
@@ -252,8 +235,8 @@ def test_sigint_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tmp_path: 
     import os
     import signal
 
-    from dermctl.eval.finetune import FinetuneModel
-    from dermctl.train.signals import RunInterrupted
+    from dermctl.runtime.signals import RunInterrupted
+    from dermctl.train.finetune import FinetuneModel
 
     m_a = read_manifest(make_task(tmp_path / "a"))
     full = finetune(Workspace.at(tmp_path / "a"), m_a, make_loaded(seed=0), cfg())

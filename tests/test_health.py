@@ -94,3 +94,28 @@ def test_monitor_refuses_a_task_without_labelled_val(tmp_path, val):
     assert err.value.exit_code == EXIT_DATA
     assert "\n" not in msg and str(manifest) in msg
     assert "--monitor-task" in msg and "no labelled val rows" in msg and "--val-fraction" in msg
+
+
+def test_monitor_score_is_the_weighted_knn_macro_f1() -> None:
+    """The monitor's kNN equals DINO's weighted vote computed by brute force, scored by scikit-learn."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    train_y = np.repeat(np.arange(3), 10)
+    test_y = np.repeat(np.arange(3), 4)
+    train_x = centres[train_y] + rng.normal(size=(30, 8))
+    assert health.knn_macro_f1(train_x, train_y, centres[test_y] + rng.normal(size=(12, 8)), test_y, 3) == 1.0
+    noisy = rng.normal(size=(12, 8))
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    sim = b @ a.T
+    top = np.argsort(-sim, axis=1)[:, :20]
+    votes = np.zeros((12, 3))
+    np.add.at(
+        votes,
+        (np.repeat(np.arange(12), 20), train_y[top].ravel()),
+        np.exp(np.take_along_axis(sim, top, 1) / 0.07).ravel(),
+    )
+    expected = f1_score(test_y, votes.argmax(1), average="macro", labels=[0, 1, 2], zero_division=0)
+    assert health.knn_macro_f1(train_x, train_y, noisy, test_y, 3) == pytest.approx(expected)

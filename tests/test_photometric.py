@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from dermctl.errors import UsageError
-from dermctl.methods.base import StepContext, resolve_config
+from dermctl.methods.base import StepContext
 from dermctl.methods.byol import BYOL, BYOLTransform
 from dermctl.methods.dino import DINO
 from dermctl.methods.multicrop import MultiCrop
@@ -36,6 +36,7 @@ from dermctl.methods.photometric import (
     augment_batch,
     resolve_gpu_augment,
 )
+from dermctl.methods.registry import resolve_config
 from dermctl.methods.simclr import SimCLR, SimCLRTransform
 
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # compare in [0, 1] units

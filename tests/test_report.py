@@ -415,7 +415,7 @@ def test_report_without_new_fields_says_so(tmp_path: Path) -> None:
 
 def test_unavailable_model_is_a_row_with_its_reason(tmp_path: Path) -> None:
     """An ImageNet model that `embed` could not load offline is shown as unavailable, never dropped."""
-    from dermctl.eval.results import clear_unavailable, record_unavailable
+    from dermctl.results import clear_unavailable, record_unavailable
 
     res, out = tmp_path / "results", tmp_path / "reports"
     write_result(res, "linear", "ibot-vit", "ham10000", 0.72, (0.7, 0.74), init="ibot")

@@ -9,7 +9,7 @@ import pytest
 
 from dermctl.errors import ConflictError, DataError
 from dermctl.eval.metrics import classification_report
-from dermctl.eval.results import SCHEMA, build_result, read_result, test_split_hash, write_result
+from dermctl.results import SCHEMA, build_result, read_result, test_split_hash, write_result
 
 
 def payload(f1_shift: int = 0) -> dict:

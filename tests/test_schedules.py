@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dermctl.train.schedules import constant_schedule, cosine_schedule, warmup_then_constant
+from dermctl.runtime.schedules import constant_schedule, cosine_schedule, warmup_then_constant
 
 
 def _official_cosine(base, final, epochs, niter, warmup_epochs=0, start_warmup_value=0.0):

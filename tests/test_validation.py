@@ -137,7 +137,7 @@ def test_manifest_bad_split_value(ws_copy: Path) -> None:
 
 
 FT_RANDOM = ["finetune", "--task", "toy", "--model", "random", "--backbone", "resnet10t", "--device", "cpu"]
-FT_RANDOM += ["--image-size", "32", "--epochs", "1", "--num-workers", "0"]
+FT_RANDOM += ["--image-size", "32", "--epochs", "1", "--workers", "0"]
 
 
 def _relabel_one_test_image(rows):
@@ -189,7 +189,7 @@ def test_images_deleted_after_ingest(ws_copy: Path) -> None:
 def test_images_deleted_after_ingest_finetune(ws_copy: Path) -> None:
     victim = sorted((ws_copy / "images").glob("*.png"))[3]
     victim.unlink()
-    one_line_error(run(ws_copy, *FT_RANDOM, "--num-workers", "1"), 3, victim.name)
+    one_line_error(run(ws_copy, *FT_RANDOM, "--workers", "1"), 3, victim.name)
 
 
 def test_embeddings_from_a_different_manifest(ws_copy: Path) -> None:
@@ -239,7 +239,7 @@ def test_print_config_needs_no_writable_workspace(tmp_path: Path, monkeypatch: p
 def test_global_batch_not_divisible_by_world_size() -> None:
     # Through the CLI this needs torchrun with several processes; the check itself runs before training.
     from dermctl.errors import EXIT_USAGE, UsageError
-    from dermctl.train.distributed import per_process_batch
+    from dermctl.runtime.distributed import per_process_batch
 
     with pytest.raises(UsageError) as info:
         per_process_batch({"batch_size": 4, "global_batch": 6}, 4)

@@ -17,7 +17,6 @@ from dermctl.errors import (
     EXIT_DISK_FULL,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
     DermctlError,
     UsageError,
 )
@@ -181,9 +180,3 @@ def parse_set_options(values: Iterable[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
-
-
-def not_built(command: str, issue: str) -> None:
-    """Commands whose core is not built yet say so and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] `dermctl {command}` is not built yet ({issue})", highlight=False)
-    raise typer.Exit(EXIT_USAGE)

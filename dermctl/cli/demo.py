@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dermctl.cli.common import emit, err_console, get_state, handle_errors, log, out_console
+from dermctl.cli.options import DeviceOption
 
 NAME = "demo"
 SHORT_HELP = "Run the whole chain on generated demo data and print where the report is."
@@ -33,7 +34,7 @@ def command(
         int, typer.Option("--corpus-size", min=20, help="Unlabelled corpus images.")
     ] = 1500,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, splits, training and evaluation.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    device: DeviceOption = "auto",
     force: Annotated[
         bool, typer.Option("--force", help="Redo the demo in a workdir that already holds one.")
     ] = False,

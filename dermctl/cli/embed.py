@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dermctl.cli.common import emit, get_state, handle_errors, make_progress, out_console
+from dermctl.cli.options import DeviceOption, WorkersOption
 
 NAME = "embed"
 SHORT_HELP = "Extract frozen features of task images into embeddings/<model>/<task>.h5."
@@ -46,8 +47,8 @@ def command(
         int | None, typer.Option("--image-size", help="Crop size (default: the model's, 224).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option("--workers", help="Image loading processes (-1: automatic).")] = -1,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild even when an up-to-date file exists.")
     ] = False,
@@ -73,11 +74,11 @@ def command(
             image_size,
             batch_size,
             device,
-            workers,
+            -1 if workers is None else workers,
             force,
             on_progress,
         )
-    from dermctl.train.distributed import end_process_group
+    from dermctl.runtime.distributed import end_process_group
 
     if end_process_group() not in (None, 0):  # started by torchrun: only the main process prints
         return

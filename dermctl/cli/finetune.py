@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dermctl.cli.common import emit, get_state, handle_errors, log, out_console
+from dermctl.cli.options import DeviceOption, LegacyWorkersOption, WorkersOption, pick_workers
 
 NAME = "finetune"
 SHORT_HELP = "Fine-tune a backbone with a linear head on a labelled task."
@@ -56,10 +57,9 @@ def command(
         int, typer.Option("--patience", help="Epochs without val improvement before stopping.")
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of head init, shuffling and augmentations.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    num_workers: Annotated[
-        int, typer.Option("--num-workers", help="Data-loading processes (-1: auto).")
-    ] = -1,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    num_workers: LegacyWorkersOption = None,
     bootstrap: Annotated[
         int, typer.Option("--bootstrap", help="Bootstrap resamples for confidence intervals.")
     ] = 1000,
@@ -68,9 +68,10 @@ def command(
         bool, typer.Option("--force", help="Restart and replace an existing run and result.")
     ] = False,
 ) -> None:
-    from dermctl.eval.finetune import FinetuneConfig, run_finetune  # torch: not for --help or TAB
+    from dermctl.train.finetune import FinetuneConfig, run_finetune  # torch: not for --help or TAB
 
     state = get_state(ctx)
+    n_workers = pick_workers(workers, num_workers)
     config = FinetuneConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -83,7 +84,7 @@ def command(
         patience=patience,
         seed=seed,
         device=device,
-        num_workers=num_workers,
+        num_workers=-1 if n_workers is None else n_workers,
         bootstrap=bootstrap,
     )
     outcome = run_finetune(
@@ -97,7 +98,7 @@ def command(
         force=force,
         log=lambda message: log(state, message),
     )
-    from dermctl.train.distributed import end_process_group
+    from dermctl.runtime.distributed import end_process_group
 
     if end_process_group() not in (None, 0):  # started by torchrun: only the main process prints
         return

@@ -90,7 +90,7 @@ def command(
     ] = "honest",
 ) -> None:
     from dermctl.eval.fewshot import parse_shots
-    from dermctl.eval.knn import evaluate_knn
+    from dermctl.eval.runner import evaluate_knn
 
     state = get_state(ctx)
     shot_list = parse_shots(shots)
@@ -112,13 +112,13 @@ def command(
         summaries = evaluate_knn(
             state.workspace,
             task,
-            models or None,
-            shot_list,
-            repeats,
-            k_value,
-            temperature,
-            vote,
-            seed,
+            models=models or None,
+            shots=shot_list,
+            repeats=repeats,
+            k=k_value,
+            temperature=temperature,
+            vote=vote,
+            seed=seed,
             force=force,
             on_step=on_step,
             protocol=protocol,

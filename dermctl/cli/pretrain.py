@@ -16,6 +16,7 @@ from dermctl.cli.common import (
     out_console,
     parse_set_options,
 )
+from dermctl.cli.options import DeviceOption, LegacyWorkersOption, WorkersOption, pick_workers
 from dermctl.errors import UsageError
 from dermctl.workspace import read_json
 
@@ -74,11 +75,10 @@ def command(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of init, data order and augmentations.")
     ] = None,
-    num_workers: Annotated[
-        int | None, typer.Option("--num-workers", help="Loader processes (-1: auto).")
-    ] = None,
+    workers: WorkersOption = None,
+    num_workers: LegacyWorkersOption = None,
     precision: Annotated[str | None, typer.Option("--precision", help="auto, bf16, fp16 or fp32.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")
     ] = False,
@@ -122,7 +122,7 @@ def command(
             image_size=image_size,
             patience=patience,
             seed=seed,
-            num_workers=num_workers,
+            num_workers=pick_workers(workers, num_workers),
             precision=precision,
             monitor_task=monitor_task,
             monitor_every=monitor_every,
@@ -173,7 +173,7 @@ def command(
             log=lambda m: log(state, m),
             device=device,
         )
-    from dermctl.train.distributed import end_process_group
+    from dermctl.runtime.distributed import end_process_group
 
     if end_process_group() not in (None, 0):  # started by torchrun: only the main process prints
         return

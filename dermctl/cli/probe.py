@@ -47,7 +47,7 @@ def command(
     ] = "honest",
 ) -> None:
     from dermctl.eval.fewshot import parse_shots
-    from dermctl.eval.probe import evaluate_probe
+    from dermctl.eval.runner import evaluate_probe
 
     state = get_state(ctx)
     shot_list = parse_shots(shots)
@@ -57,10 +57,10 @@ def command(
         summaries = evaluate_probe(
             state.workspace,
             task,
-            models or None,
-            shot_list,
-            repeats,
-            seed,
+            models=models or None,
+            shots=shot_list,
+            repeats=repeats,
+            seed=seed,
             force=force,
             on_step=lambda: progress.update(bar, advance=1),
             log=lambda m: log(state, m),

@@ -38,10 +38,6 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def hash_to_int(h: str) -> int:
-    return int(h, 16)
-
-
 def near_duplicate_pairs(
     hashes: list[str], others: list[str] | None = None, max_distance: int = 4
 ) -> list[tuple[int, int, int]]:

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermctl.data.adapters.base import AdapterOptions, Record, get_adapter
+from dermctl.data.adapters.base import AdapterOptions, Record
+from dermctl.data.adapters.registry import get_adapter
 from dermctl.data.hashing import near_duplicate_pairs
 from dermctl.data.hashing import phash as compute_phash
 from dermctl.data.images import ImageCheck, decode_checked

@@ -8,24 +8,17 @@ balanced data its expected macro-F1 is 1/K.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dermctl.data.manifest import Manifest, fill_hashes, read_manifest
-from dermctl.errors import DataError
-from dermctl.eval.embeddings import SKIN_TYPE_COLUMN
-from dermctl.eval.knn import EvalSummary, curve_point
+from dermctl.eval.fewshot import curve_point
 from dermctl.eval.metrics import (
     auroc_ovr,
     balanced_accuracy_from_confusion,
     f1_from_confusion,
     percentile_ci,
 )
-from dermctl.eval.results import build_result, write_result
-from dermctl.provenance import sha256_file
-from dermctl.workspace import Workspace
 
 DEFAULT_DRAWS = 1000
 
@@ -93,50 +86,3 @@ def stratified_baseline(
 
 
 STRATIFIED = "stratified"
-
-
-def evaluate_stratified(
-    workspace: Workspace, manifest_path: Path, draws: int = DEFAULT_DRAWS, seed: int = 0, force: bool = False
-) -> EvalSummary:
-    """The stratified baseline of a task from its manifest alone -> results/stratified/stratified/<task>.json."""
-    manifest = read_manifest(manifest_path)
-    classes = manifest.classes
-    if not classes:
-        raise DataError(f"{manifest_path}: no labels, not a task")
-    index = {c: i for i, c in enumerate(classes)}
-    train = [r for r in manifest.rows if r.split == "train" and r.label]
-    test = [r for r in manifest.rows if r.split == "test" and r.label]
-    if not train or not test:
-        raise DataError(f"{manifest_path}: a task needs labelled train and test images")
-    fill_hashes(Manifest(manifest.name, test, manifest.path))
-    groups = None
-    if SKIN_TYPE_COLUMN in manifest.extra_columns:
-        groups = [r.extras.get(SKIN_TYPE_COLUMN, "") for r in test]
-    res = stratified_baseline(
-        [index[r.label] for r in train],
-        [index[r.label] for r in test],
-        len(classes),
-        classes,
-        draws,
-        seed,
-        groups,
-    )
-    config = {"draws": draws, "seed": seed, "class_frequencies": res["class_frequencies"]}
-    inputs = {"manifest": sha256_file(manifest_path)}
-    payload = build_result(
-        "stratified",
-        STRATIFIED,
-        STRATIFIED,
-        "",
-        manifest.name,
-        classes,
-        [r.sha256 for r in test],
-        res["metrics"],
-        config,
-        inputs,
-        res["curve"],
-        res["per_group"],
-    )
-    path = write_result(workspace.result_path("stratified", STRATIFIED, manifest.name), payload, force=force)
-    m = res["metrics"]
-    return EvalSummary(STRATIFIED, manifest.name, str(path), m["macro_f1"], m["macro_f1_ci"], res["curve"])

@@ -14,7 +14,6 @@ rule and image size match the current ones; anything else (or `force`) rebuilds 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,13 +29,13 @@ from dermctl.data.verify import images_key, verify_images
 from dermctl.errors import DataError, DermctlError, UnavailableError, UsageError
 from dermctl.eval.embeddings import EmbeddingWriter, read_attrs, sealed_path
 from dermctl.eval.models import DEFAULT_BACKBONE, LoadedModel, resolve_model
-from dermctl.eval.results import clear_unavailable, record_unavailable
-from dermctl.models.backbone import FEATURE_RULES, extract_features, select_channels
+from dermctl.models.backbone import FEATURE_RULES, extract_features
+from dermctl.models.transforms import eval_transform
 from dermctl.provenance import sha256_file
-from dermctl.train.distributed import Dist, contiguous_shard, dist_from_env, gather_rows, shard_counts
+from dermctl.results import clear_unavailable, record_unavailable
+from dermctl.runtime.device import resolve_device, resolve_num_workers
+from dermctl.runtime.distributed import Dist, contiguous_shard, dist_from_env, gather_rows, shard_counts
 from dermctl.workspace import Workspace
-
-CROP_RATIO = 0.875  # DINO: Resize(256) then CenterCrop(224)
 
 ProgressFn = Callable[[str, int, int], None]  # (task, rows done, rows total)
 
@@ -52,52 +51,6 @@ class EmbedOutcome:
     dim: int
     seconds: float
     images_per_s: float
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto -> cuda when present, else cpu; an explicit cuda without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(
-            f"--device: {device!r} is not a device (expected auto, cpu, cuda or cuda:N)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError(
-            f"--device: {device} requested but no CUDA GPU is available here (use --device cpu)"
-        )
-    return dev
-
-
-def eval_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], channels: str = "rgb"
-) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> normalised (C, image_size, image_size) tensor (C = 1 for green-only backbones)."""
-    from torchvision import transforms
-
-    resize = transforms.Compose(
-        [
-            transforms.Resize(
-                int(round(image_size / CROP_RATIO)), interpolation=transforms.InterpolationMode.BICUBIC
-            ),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-        ]
-    )
-    m = list(mean)
-    s = list(std)
-    if channels == "green" and len(m) == 3:
-        m, s = m[1:2], s[1:2]
-    m_t = torch.tensor(m).view(-1, 1, 1)
-    s_t = torch.tensor(s).view(-1, 1, 1)
-
-    def apply(im: Any) -> torch.Tensor:
-        x = select_channels(resize(im).unsqueeze(0), channels)[0]
-        return (x - m_t) / s_t
-
-    return apply
 
 
 class _ManifestImages(torch.utils.data.Dataset):
@@ -122,11 +75,6 @@ class _ManifestImages(torch.utils.data.Dataset):
                 self.blank,
                 f"{self.paths[i]}: cannot decode image ({type(exc).__name__}: {str(exc)[:120]})",
             )
-
-
-def _auto_workers(n: int) -> int:
-    cpus = os.cpu_count() or 1
-    return 0 if n < 256 or cpus <= 2 else min(8, cpus - 1)
 
 
 def is_reusable(
@@ -195,9 +143,7 @@ def embed_manifest(
         return EmbedOutcome(
             task, target, "reused", int(attrs.get("n", 0)), int(attrs.get("dim", 0)), 0.0, 0.0
         )
-    dev = resolve_device(device)
-    if dist.enabled and dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", dist.local_rank)
+    dev = resolve_device(device, dist.local_rank if dist.enabled else None)
     model = loaded.backbone.to(dev).eval()
     n_chans = 1 if meta.channels == "green" else 3
     # One dry forward validates the feature rule against the model before any long work.
@@ -225,7 +171,7 @@ def embed_manifest(
     dataset = _ManifestImages(
         paths[start_row:stop_row], eval_transform(size, meta.mean, meta.std, meta.channels), n_chans, size
     )
-    workers = _auto_workers(len(paths)) if num_workers < 0 else num_workers
+    workers = resolve_num_workers(num_workers, items=len(paths))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=dev.type == "cuda"
     )

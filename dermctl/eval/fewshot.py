@@ -8,10 +8,12 @@ A support set with `shots` = s holds s training images of every class, drawn wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from dermctl.errors import UsageError
 
@@ -106,3 +108,30 @@ def draw_support(
 def repeats_for(shots: Shots, repeats: int) -> int:
     """'all' is one deterministic set; other shot counts are drawn `repeats` times."""
     return 1 if shots == ALL else int(repeats)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
+    """t-interval of the mean of `values` (repeats of a few-shot draw); [v, v] for one value."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return [float("nan"), float("nan")]
+    if v.size == 1:
+        return [float(v[0]), float(v[0])]
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return [float(v.mean() - half), float(v.mean() + half)]
+
+
+def curve_point(
+    shots: Shots, values: Sequence[float], k: Any, ci: list[float] | None = None
+) -> dict[str, Any]:
+    """One point of a few-shot curve as stored in result files."""
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "shots": shots,
+        "repeats": int(v.size),
+        "macro_f1_mean": float(v.mean()),
+        "macro_f1_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "macro_f1_ci": ci if ci is not None else mean_ci(v),
+        "values": [float(x) for x in v],
+        "k": k,
+    }

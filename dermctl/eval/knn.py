@@ -14,22 +14,24 @@ takes the top k; the predictions are identical to running the rule on each suppo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
-from dermctl.data.manifest import find_task, read_manifest, validate_task
-from dermctl.errors import DataError, UsageError
-from dermctl.eval.embeddings import TaskData, load_task_embeddings, models_with_embeddings
-from dermctl.eval.fewshot import ALL, Shots, check_shots, class_members, draw_support, repeats_for
+from dermctl.errors import UsageError
+from dermctl.eval.fewshot import (
+    ALL,
+    Shots,
+    check_shots,
+    class_members,
+    curve_point,
+    draw_support,
+    repeats_for,
+)
 from dermctl.eval.metrics import macro_f1
-from dermctl.eval.results import build_result, write_result
-from dermctl.workspace import Workspace
 
 VOTES = ("weighted", "majority")
 NUMBA_MIN_PAIRS = 2_000_000  # query x train pairs from which the compiled CPU selection is used
@@ -46,7 +48,7 @@ def normalise(x: Any) -> np.ndarray:
     return a / np.maximum(norms, 1e-12)
 
 
-def _check_rule(k: int, temperature: float, vote: str) -> None:
+def check_rule(k: int, temperature: float, vote: str) -> None:
     if vote not in VOTES:
         raise UsageError(f"--vote: {vote!r} is not one of {', '.join(VOTES)}")
     if int(k) < 1:
@@ -99,7 +101,7 @@ def knn_predict(
     """DINO's weighted kNN: (predicted class per test row, (n_test, n_classes) normalised votes).
 
     k is capped at the number of training rows."""
-    _check_rule(k, T, vote)
+    check_rule(k, T, vote)
     train = normalise(train_x)
     test = normalise(test_x)
     y = np.asarray(train_y, dtype=np.int64)
@@ -253,33 +255,6 @@ def choose_k(
     return best_k
 
 
-def mean_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
-    """t-interval of the mean of `values` (repeats of a few-shot draw); [v, v] for one value."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return [float("nan"), float("nan")]
-    if v.size == 1:
-        return [float(v[0]), float(v[0])]
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return [float(v.mean() - half), float(v.mean() + half)]
-
-
-def curve_point(
-    shots: Shots, values: Sequence[float], k: Any, ci: list[float] | None = None
-) -> dict[str, Any]:
-    """One point of a few-shot curve as stored in result files."""
-    v = np.asarray(values, dtype=np.float64)
-    return {
-        "shots": shots,
-        "repeats": int(v.size),
-        "macro_f1_mean": float(v.mean()),
-        "macro_f1_std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "macro_f1_ci": ci if ci is not None else mean_ci(v),
-        "values": [float(x) for x in v],
-        "k": k,
-    }
-
-
 @dataclass
 class KnnOutcome:
     """A few-shot curve plus the headline ("all" training images) predictions."""
@@ -312,7 +287,7 @@ def knn_fewshot(
     `k="auto"` picks k per support set on the validation split from `K_GRID`. The headline predictions
     use the whole training split (and the configured or auto-chosen k)."""
     auto = k == "auto"
-    _check_rule(DEFAULT_K if auto else int(k), T, vote)
+    check_rule(DEFAULT_K if auto else int(k), T, vote)
     ytr = np.asarray(train_y, dtype=np.int64)
     yte = np.asarray(test_y, dtype=np.int64)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
@@ -368,180 +343,3 @@ def knn_fewshot(
         k_field: Any = sorted(set(used)) if auto and len(set(used)) > 1 else used[0]
         curve.append(curve_point(s, values[s], k_field))
     return KnnOutcome(curve=curve, pred=pred, scores=scores, k=k_all)
-
-
-@dataclass
-class EvalSummary:
-    """One written result, for the command line's table."""
-
-    model: str
-    task: str
-    path: str
-    macro_f1: float
-    macro_f1_ci: list[float]
-    curve: list[dict[str, Any]]
-
-
-def record_result(
-    workspace: Workspace,
-    protocol: str,
-    d: TaskData,
-    task: str,
-    curve: list[dict[str, Any]],
-    metrics: dict[str, Any],
-    per_skin: dict[str, Any] | None,
-    config: dict[str, Any],
-    force: bool,
-    predictions: np.ndarray | None = None,
-) -> EvalSummary:
-    """Write results/<protocol>/<model>/<task>.json for one model's evaluation (knn and linear share it).
-    The `all` point of the curve (one repeat) takes the bootstrap CI over test images. The file also
-    records the task's data (manifest, class counts per split) and, given `predictions`, the headline
-    test predictions per image (so a confusion matrix can be redrawn from the file)."""
-    for point in curve:
-        if point["shots"] == ALL:
-            point["macro_f1_ci"] = metrics["macro_f1_ci"]
-    attrs = d.embeddings.attrs
-    payload = build_result(
-        protocol,
-        d.model_id,
-        str(attrs.get("init", "")),
-        str(attrs.get("backbone", "")),
-        task,
-        d.class_names,
-        d.test_sha256,
-        metrics,
-        config,
-        d.inputs(),
-        curve,
-        per_skin,
-    )
-    payload["data"] = d.data_summary()
-    if predictions is not None:
-        payload["predictions"] = d.test_predictions(predictions)
-    path = write_result(workspace.result_path(protocol, d.model_id, task), payload, force=force)
-    return EvalSummary(d.model_id, task, str(path), metrics["macro_f1"], metrics["macro_f1_ci"], curve)
-
-
-def resolve_models(workspace: Workspace, task: str, models: Sequence[str] | None) -> list[str]:
-    """The given model ids, or every model with embeddings of `task`."""
-    if models:
-        return list(dict.fromkeys(models))
-    found = models_with_embeddings(workspace, task)
-    if not found:
-        raise DataError(
-            f"{workspace.embeddings}: no embeddings of task {task!r} (run `dermctl embed --model ... --task {task}`)"
-        )
-    return found
-
-
-def evaluate_knn(
-    workspace: Workspace,
-    task: str,
-    models: Sequence[str] | None = None,
-    shots: Sequence[Shots] = (1, 5, 10, ALL),
-    repeats: int = 10,
-    k: int | str = DEFAULT_K,
-    temperature: float = DEFAULT_T,
-    vote: str = "weighted",
-    seed: int = 0,
-    bootstrap: int = 1000,
-    force: bool = False,
-    on_step: Callable[[], None] | None = None,
-    protocol: str = "honest",
-) -> list[EvalSummary]:
-    """`dermctl knn`: few-shot kNN curves and headline metrics -> results/knn/<model>/<task>.json.
-
-    `protocol="paper"` runs the study authors' optimistic rule instead (`dermctl.eval.published`: uniform
-    votes, k chosen on test F1, the maximum over repeats) -> results/knn-paper/<model>/<task>.json; k,
-    temperature and vote do not apply there. Every input is loaded and checked (manifest hash, shot counts)
-    before any model is evaluated."""
-    from dermctl.eval.published import KNN_PROTOCOL, PAPER_K_GRID, check_protocol, knn_paper
-
-    check_protocol(protocol)
-    if k != "auto":
-        _check_rule(int(k), temperature, vote)
-    else:
-        _check_rule(DEFAULT_K, temperature, vote)
-    if repeats < 1:
-        raise UsageError(f"--repeats: {repeats} must be at least 1")
-    manifest_path = find_task(workspace.manifests, task)
-    validate_task(read_manifest(manifest_path))  # labels: every class in train and test, before any work
-    task_name = manifest_path.stem
-    data = [
-        load_task_embeddings(workspace, m, task_name, manifest_path)
-        for m in resolve_models(workspace, task_name, models)
-    ]
-    for d in data:
-        check_shots(shots, d.split("train")[1], d.class_names)
-    out = []
-    for d in data:
-        xtr, ytr = d.split("train")
-        xva, yva = d.split("val")
-        xte, yte = d.split("test")
-        if protocol == "paper":
-            res = knn_paper(xtr, ytr, xte, yte, d.n_classes, shots, repeats, seed, d.class_names, on_step)
-            metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
-            config = {
-                "shots": list(shots),
-                "repeats": repeats,
-                "seed": seed,
-                "bootstrap": bootstrap,
-                "vote": "majority",
-                "metric": "cosine",
-                "k_grid": list(PAPER_K_GRID),
-                "k_chosen_on": "test",
-                "k_headline": res.k,
-                "summary": "macro_f1_max: the maximum over repeats (the authors' Figure 1)",
-                "feature_rule": d.embeddings.attrs.get("feature_rule"),
-            }
-            out.append(
-                record_result(
-                    workspace,
-                    KNN_PROTOCOL,
-                    d,
-                    task_name,
-                    res.curve,
-                    metrics,
-                    per_skin,
-                    config,
-                    force,
-                    res.pred,
-                )
-            )
-            continue
-        res = knn_fewshot(
-            xtr,
-            ytr,
-            xte,
-            yte,
-            d.n_classes,
-            shots,
-            repeats,
-            k,
-            temperature,
-            vote,
-            seed,
-            xva,
-            yva,
-            d.class_names,
-            on_step,
-        )
-        metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
-        config = {
-            "shots": list(shots),
-            "repeats": repeats,
-            "k": k,
-            "k_headline": res.k,
-            "temperature": temperature,
-            "vote": vote,
-            "seed": seed,
-            "bootstrap": bootstrap,
-            "feature_rule": d.embeddings.attrs.get("feature_rule"),
-        }
-        out.append(
-            record_result(
-                workspace, "knn", d, task_name, res.curve, metrics, per_skin, config, force, res.pred
-            )
-        )
-    return out

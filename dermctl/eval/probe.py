@@ -42,14 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dermctl.data.manifest import find_task, read_manifest, validate_task
 from dermctl.errors import UsageError
-from dermctl.eval.baselines import STRATIFIED, evaluate_stratified
-from dermctl.eval.embeddings import load_task_embeddings
-from dermctl.eval.fewshot import ALL, Shots, check_shots, draw_support, repeats_for
-from dermctl.eval.knn import EvalSummary, curve_point, record_result, resolve_models
+from dermctl.eval.fewshot import ALL, Shots, check_shots, curve_point, draw_support, repeats_for
 from dermctl.eval.metrics import macro_f1
-from dermctl.workspace import Workspace
 
 # lam grid, strong to weak, half-decade steps: 1 ... 1e-6 (sklearn's C from 1e-4 to 1e2 for 10k images).
 LAM_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(0, -6, 13))
@@ -535,127 +530,7 @@ def probe_fewshot(
     return ProbeOutcome(curve=curve, probe=full, pred=full.predict(test_x), scores=full.predict_proba(test_x))
 
 
-def evaluate_probe(
-    workspace: Workspace,
-    task: str,
-    models: Sequence[str] | None = None,
-    shots: Sequence[Shots] = (ALL,),
-    repeats: int = 10,
-    seed: int = 0,
-    bootstrap: int = 1000,
-    force: bool = False,
-    on_step: Callable[[], None] | None = None,
-    log: Callable[[str], None] | None = None,
-    protocol: str = "honest",
-) -> list[EvalSummary]:
-    """`dermctl probe`: linear probe (plus few-shot curve) -> results/linear/<model>/<task>.json.
-
-    The model id "stratified" runs the stratified random baseline instead (results/stratified/...).
-    `log` receives one line per model saying which lam the headline probe used and how it was chosen.
-    `protocol="paper"`: scikit-learn's untuned `LogisticRegression()` on the raw features, the maximum
-    over repeats per shot count (`dermctl.eval.published`) -> results/linear-paper/<model>/<task>.json."""
-    from dermctl.eval.published import LINEAR_PROTOCOL, check_protocol, linear_paper
-
-    check_protocol(protocol)
-    if repeats < 1:
-        raise UsageError(f"--repeats: {repeats} must be at least 1")
-    manifest_path = find_task(workspace.manifests, task)
-    validate_task(read_manifest(manifest_path))  # labels: every class in train and test, before any work
-    task_name = manifest_path.stem
-    ids = resolve_models(workspace, task_name, models)
-    data = [load_task_embeddings(workspace, m, task_name, manifest_path) for m in ids if m != STRATIFIED]
-    for d in data:
-        check_shots(shots, d.split("train")[1], d.class_names)
-    out = []
-    if STRATIFIED in ids and protocol == "paper":
-        raise UsageError(
-            "--model stratified: the stratified baseline has one protocol; run it without --protocol paper"
-        )
-    if STRATIFIED in ids:
-        out.append(evaluate_stratified(workspace, manifest_path, seed=seed, force=force))
-    for d in data:
-        xtr, ytr = d.split("train")
-        xva, yva = d.split("val")
-        xte, yte = d.split("test")
-        if protocol == "paper":
-            paper = linear_paper(
-                xtr, ytr, xte, yte, d.n_classes, shots, repeats, seed, d.class_names, on_step
-            )
-            metrics, per_skin = d.reports(paper.pred, paper.scores, bootstrap, seed)
-            config = {
-                "shots": list(shots),
-                "repeats": repeats,
-                "seed": seed,
-                "bootstrap": bootstrap,
-                "classifier": "sklearn.linear_model.LogisticRegression() (defaults, untuned)",
-                "standardise": False,
-                "summary": "macro_f1_max: the maximum over repeats",
-                "feature_rule": d.embeddings.attrs.get("feature_rule"),
-            }
-            out.append(
-                record_result(
-                    workspace,
-                    LINEAR_PROTOCOL,
-                    d,
-                    task_name,
-                    paper.curve,
-                    metrics,
-                    per_skin,
-                    config,
-                    force,
-                    paper.pred,
-                )
-            )
-            continue
-        res = probe_fewshot(
-            xtr,
-            ytr,
-            xte,
-            yte,
-            d.n_classes,
-            shots,
-            repeats,
-            seed,
-            xva,
-            yva,
-            d.class_names,
-            on_step,
-            train_groups=_split_groups(d, "train"),
-            val_groups=_split_groups(d, "val"),
-        )
-        if log is not None:
-            log(f"{d.model_id}: {res.probe.describe()}")
-        metrics, per_skin = d.reports(res.pred, res.scores, bootstrap, seed)
-        config = {
-            "shots": list(shots),
-            "repeats": repeats,
-            "seed": seed,
-            "bootstrap": bootstrap,
-            "standardise": True,
-            "solver": "lbfgs",
-            "lam_grid": list(LAM_GRID),
-            "lam": res.probe.lam,
-            # binary: the two-vector softmax equals sklearn's binomial model at twice the multinomial C
-            "sklearn_C": (2.0 if d.n_classes == 2 else 1.0) / (res.probe.lam * max(1, ytr.size)),
-            # how lam was chosen: val | cv (grouped k-fold over train+val) | default (C = 1)
-            "lam_selection": res.probe.lam_source,
-            "lam_note": res.probe.describe(),
-            "cv_folds": res.probe.cv_folds,
-            "cv_macro_f1": res.probe.cv_macro_f1,
-            "fit_on": "train",
-            "val_macro_f1": res.probe.val_macro_f1,
-            "search": res.probe.path,
-            "feature_rule": d.embeddings.attrs.get("feature_rule"),
-        }
-        out.append(
-            record_result(
-                workspace, "linear", d, task_name, res.curve, metrics, per_skin, config, force, res.pred
-            )
-        )
-    return out
-
-
-def _split_groups(d: Any, split: str) -> np.ndarray | None:
+def split_groups(d: Any, split: str) -> np.ndarray | None:
     """The manifest group keys of a split's labelled rows, in `TaskData.split` order (None if absent)."""
     emb = d.embeddings
     if emb.groups.shape[0] != emb.features.shape[0]:

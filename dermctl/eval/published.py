@@ -28,8 +28,16 @@ from typing import Any
 import numpy as np
 
 from dermctl.errors import UsageError
-from dermctl.eval.fewshot import ALL, Shots, check_shots, class_members, draw_support, repeats_for
-from dermctl.eval.knn import DEFAULT_T, KnnOutcome, KnnSweep, curve_point
+from dermctl.eval.fewshot import (
+    ALL,
+    Shots,
+    check_shots,
+    class_members,
+    curve_point,
+    draw_support,
+    repeats_for,
+)
+from dermctl.eval.knn import DEFAULT_T, KnnOutcome, KnnSweep
 from dermctl.eval.metrics import macro_f1
 
 PAPER_K_GRID = (1, 5, 10, 20, 30, 50, 100, 200)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dermctl.errors import UsageError
-from dermctl.models.backbone import BackboneMeta
+from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
+from dermctl.models.backbone import BackboneMeta, default_feature_rule
 
 ENGINE_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet50",  # any timm model name
@@ -47,7 +47,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "image_size": 224,
     "patience": 5,  # early stopping: epochs without val-loss improvement (the study used 5)
     "min_delta": 0.0,
-    "export_epoch": "best",  # best (lowest val loss) | last: which epoch's backbone is exported
+    "export_epoch": "last",  # last | best (lowest val loss): which epoch's backbone is exported
     "val_every": 1,
     "num_workers": -1,  # -1: from the CPU count
     "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
@@ -87,8 +87,8 @@ ENGINE_SOURCES: dict[str, str] = {
     "momentum_teacher": "BYOL (Grill et al. sec. 3.2) / official DINO: 0.996, cosine to 1",
     "image_size": "Gröger et al. sec. 3: 224 x 224",
     "patience": "Gröger et al. sec. 3: stop after 5 epochs without val-loss improvement",
-    "export_epoch": "dermctl: the lowest val loss (Gröger et al. select on it; the paper does not say which "
-    "epoch is exported); DINO/iBOT set last",
+    "export_epoch": "authors' code pkg/embedder.py (the released weights are checkpoint-epoch100.pth, the last "
+    "save; no trainer selects an epoch on val loss); Gröger et al. say when training stops, not which epoch is kept",
     "min_delta": "dermctl: any improvement counts",
     "val_every": "Gröger et al.: the val loss every epoch",
     "num_workers": "dermctl: from the CPU count",
@@ -194,35 +194,25 @@ class PretrainMethod(nn.Module):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[PretrainMethod]] = {}
+METHODS: dict[str, type[PretrainMethod]] = {}
 
 
 def register_method(cls: type[PretrainMethod]) -> type[PretrainMethod]:
-    _REGISTRY[cls.name] = cls
+    METHODS[cls.name] = cls
     return cls
 
 
-def get_method(name: str) -> type[PretrainMethod]:
-    from dermctl import methods  # noqa: F401  (imports every method module)
-
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise UsageError(f"--method: unknown method {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[key]
-
-
-def method_names() -> list[str]:
-    from dermctl import methods  # noqa: F401
-
-    return sorted(_REGISTRY)
-
-
-def resolve_config(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Method defaults updated with overrides; unknown keys are an error naming the key."""
-    cfg = get_method(name).defaults()
-    for key, value in (overrides or {}).items():
-        if key not in cfg:
-            raise UsageError(f"config key {key!r} is not known to method {name} (see --print-config)")
-        cfg[key] = value
-    cfg["method"] = name.lower()
-    return cfg
+def rgb_backbone_meta(cfg: dict[str, Any], method: str, backbone: nn.Module) -> BackboneMeta:
+    """Export description of an RGB encoder fed ImageNet-normalised images: the paper's feature rule for
+    its architecture (avgpool for a CNN, cls4 for a ViT, as when SimCLR/BYOL run on ViT-tiny)."""
+    return BackboneMeta(
+        timm_name=cfg["backbone"],
+        feature_rule=default_feature_rule(backbone),
+        input_size=int(cfg["image_size"]),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        in_chans=3,
+        channels="rgb",
+        model_kwargs=dict(cfg["backbone_kwargs"]),
+        extra={"method": method},
+    )

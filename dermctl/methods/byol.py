@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
-from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
+from dermctl.methods.base import (
+    ENGINE_DEFAULTS,
+    PretrainMethod,
+    StepContext,
+    register_method,
+    rgb_backbone_meta,
+)
+from dermctl.methods.collapse import l2_normalized_std, std_collapse_reason
 from dermctl.methods.photometric import (
     PhotometricPolicy,
     ViewPolicy,
@@ -25,7 +32,6 @@ from dermctl.methods.photometric import (
     photometric_on_device,
     resolve_gpu_augment,
 )
-from dermctl.methods.simclr import l2_normalized_std, rgb_backbone_meta, std_collapse_reason
 from dermctl.models.backbone import BackboneMeta, create_backbone
 
 

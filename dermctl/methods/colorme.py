@@ -32,7 +32,7 @@ from torchvision import transforms as T
 
 from dermctl.errors import UsageError
 from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
-from dermctl.methods.simclr import l2_normalized_std
+from dermctl.methods.collapse import l2_normalized_std
 from dermctl.models.backbone import BackboneMeta, create_backbone
 
 GREEN_MEAN = 0.456  # ImageNet mean/std of the green channel

@@ -7,7 +7,6 @@ The projection head is discarded at export: the encoder's global-average-pooled 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,14 @@ from torch import nn
 
 from dermctl.errors import UsageError
 from dermctl.methods.augment import IMAGENET_MEAN, IMAGENET_STD
-from dermctl.methods.base import ENGINE_DEFAULTS, PretrainMethod, StepContext, register_method
+from dermctl.methods.base import (
+    ENGINE_DEFAULTS,
+    PretrainMethod,
+    StepContext,
+    register_method,
+    rgb_backbone_meta,
+)
+from dermctl.methods.collapse import l2_normalized_std, std_collapse_reason
 from dermctl.methods.photometric import (
     PhotometricPolicy,
     ViewPolicy,
@@ -27,19 +33,9 @@ from dermctl.methods.photometric import (
     photometric_on_device,
     resolve_gpu_augment,
 )
-from dermctl.models.backbone import BackboneMeta, create_backbone, default_feature_rule
+from dermctl.models.backbone import BackboneMeta, create_backbone
 
 # A feature std below this fraction of the healthy 1/sqrt(d) means the embeddings have collapsed.
-COLLAPSE_STD_FRACTION = 0.1
-
-
-def l2_normalized_std(z: torch.Tensor) -> torch.Tensor:
-    """Std over the batch of L2-normalised features, averaged over dimensions (Grill et al. 2020 /
-    lightly's collapse monitor): about 1/sqrt(d) for well-spread features, about 0 after collapse."""
-    if z.shape[0] < 2:  # undefined for one sample
-        return torch.tensor(float("nan"), device=z.device)
-    z = F.normalize(z.detach().float(), dim=1)
-    return z.std(dim=0).mean()
 
 
 def _world() -> tuple[int, int]:
@@ -272,28 +268,3 @@ class SimCLR(PretrainMethod):
 
     def export(self) -> tuple[nn.Module, BackboneMeta]:
         return self.backbone, rgb_backbone_meta(self.cfg, self.name, self.backbone)
-
-
-def std_collapse_reason(epoch_logs: dict[str, float], dim: int) -> str | None:
-    """A reason when the epoch's mean `feature_std` of `dim`-dimensional features shows collapse."""
-    std = epoch_logs.get("feature_std")
-    healthy = 1.0 / math.sqrt(dim)
-    if std is not None and std < COLLAPSE_STD_FRACTION * healthy:
-        return f"feature_std {std:.4g} is below {COLLAPSE_STD_FRACTION:g} x 1/sqrt({dim}) = {COLLAPSE_STD_FRACTION * healthy:.4g}: embeddings collapsed"
-    return None
-
-
-def rgb_backbone_meta(cfg: dict[str, Any], method: str, backbone: nn.Module) -> BackboneMeta:
-    """Export description of an RGB encoder fed ImageNet-normalised images: the paper's feature rule for
-    its architecture (avgpool for a CNN, cls4 for a ViT, as when SimCLR/BYOL run on ViT-tiny)."""
-    return BackboneMeta(
-        timm_name=cfg["backbone"],
-        feature_rule=default_feature_rule(backbone),
-        input_size=int(cfg["image_size"]),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        in_chans=3,
-        channels="rgb",
-        model_kwargs=dict(cfg["backbone_kwargs"]),
-        extra={"method": method},
-    )

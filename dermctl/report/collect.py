@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dermctl.errors import DataError
+from dermctl.results import SCHEMA, UNAVAILABLE_DIR
 from dermctl.workspace import read_json
 
-SCHEMA = "dermctl.result/1"
-UNAVAILABLE_DIR = "unavailable"  # results/unavailable/<model>.json (dermctl.eval.results)
-PROTOCOLS = ("knn", "linear", "finetune", "stratified", "knn-paper", "linear-paper")
 REQUIRED = ("protocol", "model", "task")
 # Run states the table flags: the numbers exist but come from a failed pretraining run.
 FAILED_STATUSES = ("collapsed", "diverged")

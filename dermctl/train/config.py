@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dermctl.errors import DataError, UsageError
-from dermctl.methods.base import get_method, resolve_config
+from dermctl.methods.registry import get_method, resolve_config
 from dermctl.train.clipping import CLIP_MODES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -14,7 +14,6 @@ sees exactly the batches and views an uninterrupted one would, whatever the numb
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -229,30 +228,7 @@ def epoch_batches(
     return [[(i, epoch) for i in b] for b in batches[skip:]]
 
 
-MAX_WORKERS = 16  # per process
 PREFETCH_FACTOR = 4  # batches each worker keeps ready (torch's default is 2)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, which containers and schedulers set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def resolve_num_workers(num_workers: int, local_processes: int | None = None) -> int:
-    """-1: the cores available to this process's share of the machine, less one for the training
-    process itself, at most MAX_WORKERS. `local_processes` (default: torchrun's LOCAL_WORLD_SIZE, else 1)
-    processes on this machine share the cores."""
-    if num_workers >= 0:
-        return num_workers
-    if local_processes is None:
-        try:
-            local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        except ValueError:
-            local_processes = 1
-    return max(0, min(MAX_WORKERS, available_cores() // local_processes - 1))
 
 
 class EpochBatches:

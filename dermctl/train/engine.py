@@ -41,10 +41,30 @@ from dermctl.errors import (
     UnavailableError,
     UsageError,
 )
-from dermctl.methods.base import PretrainMethod, StepContext, get_method
+from dermctl.methods.base import PretrainMethod, StepContext
+from dermctl.methods.registry import get_method
 from dermctl.models.backbone import check_backbone_name, check_init, export_backbone
 from dermctl.provenance import provenance
-from dermctl.train.checkpoint import load_checkpoint, save_checkpoint
+from dermctl.runtime.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
+from dermctl.runtime.device import (
+    autocast,
+    enable_tf32,
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+)
+from dermctl.runtime.distributed import (
+    Dist,
+    convert_sync_batchnorm,
+    dist_from_env,
+    dump_state_hash,
+    per_process_batch,
+    use_sync_bn,
+    wrap_ddp,
+)
+from dermctl.runtime.early_stopping import EarlyStopping
+from dermctl.runtime.schedules import constant_schedule, cosine_schedule
+from dermctl.runtime.signals import RunInterrupted, StopFlag, stop_on_signals
 from dermctl.train.clipping import clip_gradients
 from dermctl.train.config import resume_differences, validate_config
 from dermctl.train.data import (
@@ -57,21 +77,8 @@ from dermctl.train.data import (
     load_pretrain_data,
     make_loader,
     pretrain_datasets,
-    resolve_num_workers,
 )
-from dermctl.train.distributed import (
-    Dist,
-    convert_sync_batchnorm,
-    dist_from_env,
-    dump_state_hash,
-    per_process_batch,
-    use_sync_bn,
-    wrap_ddp,
-)
-from dermctl.train.early_stopping import EarlyStopping
 from dermctl.train.health import EpochLogs, KnnMonitor
-from dermctl.train.schedules import constant_schedule, cosine_schedule
-from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
 from dermctl.workspace import (
     Workspace,
     atomic_write_json,
@@ -123,42 +130,14 @@ class RunSummary:
         return d
 
 
+VAL_CACHE_BYTES = 256 * 2**20  # a val set up to this size is decoded and augmented once per run
+
+
 # -- building blocks ---------------------------------------------------------------------------
 
 
 def default_run_name(cfg: dict[str, Any]) -> str:
     return f"{cfg['method']}-{cfg['backbone']}".replace("/", "_")
-
-
-def resolve_device(device: str, dist: Dist | None = None) -> torch.device:
-    """auto -> cuda when available, else cpu. Asking for cuda without one is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device: {device!r} is not one of auto, cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError("--device cuda: no CUDA GPU is available here (use --device cpu)")
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    # TF32 for the fp32 matmuls and convolutions left outside bf16 autocast (as the official DINO code runs).
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return torch.device("cuda", dist.local_rank if dist else 0)
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler). auto = bf16 on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return None, False
-    if precision == "bf16":
-        return torch.bfloat16, False
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UsageError("--precision fp16: needs a CUDA device (use bf16 or fp32 on the CPU)")
-        return torch.float16, True
-    raise UsageError(f"--precision: {precision!r} is not one of auto, bf16, fp16, fp32")
 
 
 def build_optimizer(
@@ -247,6 +226,27 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a batch (dicts, lists and tuples of tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
 def _batches(loader: Any, flag: StopFlag) -> Iterator[Any]:
     """Iterate a loader; an error re-raised from a worker process keeps its one-line message, and workers
     ended by the same Ctrl-C that set `flag` end the epoch quietly (the caller checkpoints)."""
@@ -305,20 +305,25 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 # -- the engine --------------------------------------------------------------------------------
 
 
-class _Trainer:
-    """State of one run; `pretrain()` is the public entry point and sets the parts below."""
+@dataclass
+class _RunParts:
+    """What one run trains with, built by `pretrain()` before the trainer exists."""
 
     method: PretrainMethod
     model: torch.nn.Module  # the method, wrapped in DistributedDataParallel when world size > 1
-    batch_size: int  # per process
     optimizer: torch.optim.Optimizer
     train_ds: ImageDataset
     val_ds: ImageDataset
-    sched: dict[str, np.ndarray]
-    method_sched: dict[str, np.ndarray]
-    monitor: KnnMonitor | None
+    batch_size: int  # per process
     ipe: int  # iterations per epoch
-    workers: int
+    workers: int  # loader processes
+    sched: dict[str, np.ndarray]  # engine schedules (lr, weight decay, momentum), per iteration
+    method_sched: dict[str, np.ndarray]  # the method's own schedules, per iteration
+    monitor: KnnMonitor | None
+
+
+class _Trainer:
+    """State of one run; `pretrain()` is the public entry point."""
 
     def __init__(
         self,
@@ -327,11 +332,16 @@ class _Trainer:
         name: str,
         device: torch.device,
         dist: Dist,
+        parts: _RunParts,
         log: Callable[[str], None],
         progress: Callable[[StepUpdate], None] | None,
     ) -> None:
         self.cfg, self.workspace, self.name, self.device, self.dist = cfg, workspace, name, device, dist
         self.log, self.progress = log, progress
+        self.method, self.model, self.optimizer = parts.method, parts.model, parts.optimizer
+        self.train_ds, self.val_ds = parts.train_ds, parts.val_ds
+        self.batch_size, self.ipe, self.workers = parts.batch_size, parts.ipe, parts.workers
+        self.sched, self.method_sched, self.monitor = parts.sched, parts.method_sched, parts.monitor
         self.run_dir = workspace.runs / name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.amp_dtype, use_scaler = resolve_precision(cfg["precision"], device)
@@ -345,6 +355,8 @@ class _Trainer:
         self.collapsed_epochs: list[int] = []
         self.warnings: list[str] = []
         self.flag = StopFlag()
+        self.writer = CheckpointWriter()
+        self.val_cache: list[Any] | None = None  # the val batches, when they fit in VAL_CACHE_BYTES
         self.last_status: str | None = None  # what run.json says now (written by this process)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -398,11 +410,18 @@ class _Trainer:
         self.collapsed_epochs = list(state["collapsed_epochs"])
         _set_rng_state(state["rng"])
 
-    def save(self, acc: dict[str, Any] | None, *, best: bool = False) -> None:
+    def save(self, acc: dict[str, Any] | None, *, best: bool = False, background: bool = False) -> None:
+        """Checkpoint the run to last.pt (and best.pt). `background`: written while the next epoch
+        trains (epoch ends); otherwise on disk when this returns (interruption, divergence)."""
         if not self.dist.is_main:
             return
         state = self.state(acc)
-        save_checkpoint(state, self.ckpt_dir / "last.pt", [self.ckpt_dir / "best.pt"] if best else [])
+        copies = [self.ckpt_dir / "best.pt"] if best else []
+        if background:
+            self.writer.submit(state, self.ckpt_dir / "last.pt", copies)
+        else:
+            self.writer.wait()
+            save_checkpoint(state, self.ckpt_dir / "last.pt", copies)
 
     def write_run(self, status: str, message: str = "") -> None:
         if not self.dist.is_main:
@@ -430,7 +449,11 @@ class _Trainer:
         """After an error that wrote no status of its own (a full disk, a bad image, a second Ctrl-C),
         run.json must not stay "running": it says "interrupted" with the error (--resume continues from
         the last checkpoint); when even that cannot be written (the disk is full), it is removed."""
-        if not self.dist.is_main or self.last_status not in ("running", None):
+        if not self.dist.is_main:
+            return
+        with contextlib.suppress(BaseException):  # a write in flight ends before the status is told
+            self.writer.wait()
+        if self.last_status not in ("running", None):
             return
         if self.last_status is None and not (self.run_dir / "run.json").is_file():
             return
@@ -444,9 +467,7 @@ class _Trainer:
 
     # -- one epoch -----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def train_epoch(self) -> dict[str, Any]:
         cfg, epoch = self.cfg, self.epoch
@@ -550,10 +571,17 @@ class _Trainer:
         """Mean val loss with fixed views and a fixed RNG so epochs are comparable; no state changes."""
         self.method.eval()
         # Sharded like training (padded to equal lengths, so every rank runs the same collectives).
-        order = self.dist.shard(list(range(len(self.val_ds))))
-        batches = epoch_batches(order, self.batch_size, VAL_EPOCH, drop_last=False)
-        gen = torch.Generator().manual_seed(self.cfg["seed"])
-        loader = make_loader(self.val_ds, batches, self.workers, self.device.type == "cuda", gen)
+        # The val views are the same every epoch (fixed seed and batches): a val set that fits in
+        # VAL_CACHE_BYTES is loaded once and replayed from memory (copies, as steps may work in place).
+        if self.val_cache is not None:
+            source: Any = (_clone(b) for b in self.val_cache)
+        else:
+            order = self.dist.shard(list(range(len(self.val_ds))))
+            batches = epoch_batches(order, self.batch_size, VAL_EPOCH, drop_last=False)
+            gen = torch.Generator().manual_seed(self.cfg["seed"])
+            source = make_loader(self.val_ds, batches, self.workers, self.device.type == "cuda", gen)
+        keep: list[Any] | None = [] if self.val_cache is None else None
+        kept_bytes = 0
         total, n = 0.0, 0
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         py_state, np_state = random.getstate(), np.random.get_state()
@@ -561,7 +589,13 @@ class _Trainer:
             torch.manual_seed(self.cfg["seed"] + 7919)
             random.seed(self.cfg["seed"] + 7919)
             np.random.seed(self.cfg["seed"] + 7919)
-            for batch in loader:
+            for batch in source:
+                if keep is not None:
+                    kept_bytes += _nbytes(batch)
+                    if kept_bytes <= VAL_CACHE_BYTES:
+                        keep.append(_clone(batch))
+                    else:
+                        keep = None
                 ctx = StepContext(
                     it=self.epoch * self.ipe,
                     epoch=self.epoch,
@@ -580,6 +614,9 @@ class _Trainer:
                 n += k
         random.setstate(py_state)
         np.random.set_state(np_state)
+        if keep is not None:
+            self.val_cache = keep
+            close_loaders(self.val_ds)  # its workers are not needed again
         self.method.train()
         total, n = self.dist.all_reduce_sum([total, n], self.device)
         return total / max(n, 1)
@@ -642,7 +679,7 @@ class _Trainer:
                 self.epoch, self.batch, self.partial = epoch + 1, 0, None
                 if self.dist.is_main:
                     write_metrics(self.run_dir / "metrics.csv", self.history)
-                self.save(None, best=improved)
+                self.save(None, best=improved, background=True)
                 self.write_run("running")
                 epochs_log(row)
                 if self.stopper.should_stop:
@@ -660,6 +697,7 @@ class _Trainer:
     def export(self, status: str) -> Path | None:
         if not self.dist.is_main:
             return None
+        self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
         best = self.ckpt_dir / "best.pt"
         if self.cfg["export_epoch"] == "best" and best.is_file():
             exported = self.stopper.best_epoch + 1
@@ -761,7 +799,9 @@ def pretrain(
     per_process_batch(cfg, dist.world_size)
     method_cls = get_method(cfg["method"])
     check_backbone_name(cfg["backbone"])
-    dev = resolve_device(device, dist)
+    dev = resolve_device(device, dist.local_rank if dist.enabled else None)
+    if dev.type == "cuda":
+        enable_tf32()
     resolve_precision(cfg["precision"], dev)
     name = name or default_run_name(cfg)
     if not _NAME_RE.match(name):
@@ -903,23 +943,26 @@ def _pretrain_locked(
     torch.manual_seed(cfg["seed"])
 
     resume = _shared_resume(dist, dev, resume)
-    tr = _Trainer(cfg, workspace, name, dev, dist, say, progress)
-    tr.ipe = ipe
-    tr.monitor = monitor
-    tr.workers = resolve_num_workers(cfg["num_workers"])
-    tr.batch_size = batch_size
     with _offline_hint(cfg):
-        tr.method = method_cls(cfg)
+        method = method_cls(cfg)
     if sync_bn:
-        convert_sync_batchnorm(tr.method, dev)
-    tr.method.to(dev)
-    tr.train_ds, tr.val_ds = pretrain_datasets(
-        pdata, tr.method, cfg, workspace
-    )  # after .to(dev): gpu_augment
-    tr.optimizer = build_optimizer(tr.method, cfg, dev)
-    tr.model = wrap_ddp(tr.method, dist, dev)
-    tr.sched = build_schedules(cfg, ipe, global_batch)
-    tr.method_sched = {k: np.asarray(v) for k, v in tr.method.schedules(cfg["epochs"], ipe).items()}
+        convert_sync_batchnorm(method, dev)
+    method.to(dev)
+    train_ds, val_ds = pretrain_datasets(pdata, method, cfg, workspace)  # after .to(dev): gpu_augment
+    parts = _RunParts(
+        method=method,
+        optimizer=build_optimizer(method, cfg, dev),
+        model=wrap_ddp(method, dist, dev),
+        train_ds=train_ds,
+        val_ds=val_ds,
+        batch_size=batch_size,
+        ipe=ipe,
+        workers=resolve_num_workers(cfg["num_workers"]),
+        sched=build_schedules(cfg, ipe, global_batch),
+        method_sched={k: np.asarray(v) for k, v in method.schedules(cfg["epochs"], ipe).items()},
+        monitor=monitor,
+    )
+    tr = _Trainer(cfg, workspace, name, dev, dist, parts, say, progress)
 
     data_record = {
         "train_images": len(pdata.train),
@@ -1001,6 +1044,4 @@ __all__ = [
     "build_schedules",
     "default_run_name",
     "pretrain",
-    "resolve_device",
-    "resolve_precision",
 ]

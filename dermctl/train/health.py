@@ -9,19 +9,20 @@ labelled val rows is refused. Labels are used only for this number, never for tr
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision import transforms as T
 
 from dermctl.data.images import open_rgb
 from dermctl.data.manifest import Manifest, read_manifest
 from dermctl.errors import DataError
-from dermctl.models.backbone import BackboneMeta, extract_features, select_channels
+from dermctl.eval.knn import knn_predict
+from dermctl.eval.metrics import macro_f1
+from dermctl.models.backbone import BackboneMeta, extract_features
+from dermctl.models.transforms import backbone_eval_transform
 
 
 class EpochLogs:
@@ -47,50 +48,12 @@ class EpochLogs:
         self.count = int(state["count"])  # type: ignore[arg-type]
 
 
-def is_finite(value: float) -> bool:
-    return math.isfinite(float(value))
-
-
-def _knn_predict(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, k: int, t: float
-) -> np.ndarray:
-    # Private fallback of DINO's weighted kNN (cosine similarity, votes exp(sim / T)) used when
-    # dermctl.eval.knn is not available.
-    a = train_x / np.maximum(np.linalg.norm(train_x, axis=1, keepdims=True), 1e-12)
-    b = test_x / np.maximum(np.linalg.norm(test_x, axis=1, keepdims=True), 1e-12)
-    sim = b @ a.T
-    k = min(k, len(a))
-    idx = np.argsort(-sim, axis=1)[:, :k]
-    votes = np.zeros((len(b), n_classes))
-    w = np.exp(np.take_along_axis(sim, idx, axis=1) / t)
-    np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[idx].ravel()), w.ravel())
-    return votes.argmax(axis=1)
-
-
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    f1s = []
-    for c in range(n_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s))
-
-
 def knn_macro_f1(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_classes: int
 ) -> float:
-    """Weighted kNN (k=20, T=0.07) macro-F1 of (test_x, test_y) against the training rows; the monitor
-    passes its val rows. Uses dermctl.eval when it is there."""
-    try:
-        from dermctl.eval.knn import knn_predict
-        from dermctl.eval.metrics import macro_f1
-
-        out = knn_predict(train_x, train_y, test_x, n_classes, k=20, T=0.07)
-    except ImportError:  # dermctl.eval or its faiss missing: a monitor must not end the run
-        pred = _knn_predict(train_x, train_y, test_x, n_classes, 20, 0.07)
-        return _macro_f1(test_y, pred, n_classes)
-    pred = out[0] if isinstance(out, tuple) else out  # (predictions, votes)
+    """Weighted kNN (k=20, T=0.07, `dermctl.eval.knn`) macro-F1 of (test_x, test_y) against the training
+    rows; the monitor passes its val rows."""
+    pred, _ = knn_predict(train_x, train_y, test_x, n_classes, k=20, T=0.07)
     return float(macro_f1(test_y, np.asarray(pred), n_classes))
 
 
@@ -129,12 +92,11 @@ class KnnMonitor:
     def _embed(
         self, model: nn.Module, meta: BackboneMeta, items: list[tuple[Path, int]], device: torch.device
     ) -> np.ndarray:
-        size = meta.input_size
-        tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(meta.mean, meta.std)])
+        tf = backbone_eval_transform(meta)  # the preprocessing of `embed`, so the monitor agrees with knn
         out = []
         for i in range(0, len(items), self.batch_size):
             x = torch.stack([tf(open_rgb(p)) for p, _ in items[i : i + self.batch_size]]).to(device)
-            feats = extract_features(model, select_channels(x, meta.channels), meta.feature_rule)
+            feats = extract_features(model, x, meta.feature_rule)
             out.append(feats.float().cpu().numpy())
         return np.concatenate(out)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from dermctl.cli.app import app
-from dermctl.train.distributed import DEBUG_HASH_ENV
+from dermctl.runtime.distributed import DEBUG_HASH_ENV
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
     finally:
         dist.destroy_process_group = destroy
         if dist.is_initialized():
-            dist.barrier()  # as dermctl.train.distributed.end_process_group
+            dist.barrier()  # as dermctl.runtime.distributed.end_process_group
             destroy()
     return 0
 

@@ -1,11 +1,11 @@
 """A rank of the 2-process CPUSyncBatchNorm check (kept apart from the test module so that spawned
-processes import only torch and dermctl.train.distributed)."""
+processes import only torch and dermctl.runtime.distributed)."""
 
 from __future__ import annotations
 
 import torch
 
-from dermctl.train.distributed import CPUSyncBatchNorm
+from dermctl.runtime.distributed import CPUSyncBatchNorm
 
 
 def sync_bn_rank(rank: int, world: int, init: str, out: str) -> None:

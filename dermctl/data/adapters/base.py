@@ -79,27 +79,13 @@ class Adapter:
         return wanted
 
 
-_REGISTRY: dict[str, type[Adapter]] = {}
+ADAPTERS: dict[str, type[Adapter]] = {}
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
     """Class decorator: make an adapter available to `dermctl ingest --dataset NAME`."""
-    _REGISTRY[cls.name] = cls
+    ADAPTERS[cls.name] = cls
     return cls
-
-
-def get_adapter(name: str) -> Adapter:
-    from dermctl.data import adapters  # noqa: F401  (imports every adapter module, filling the registry)
-
-    if name not in _REGISTRY:
-        raise UsageError(f"--dataset: unknown data set {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]()
-
-
-def adapter_names() -> list[str]:
-    from dermctl.data import adapters  # noqa: F401
-
-    return sorted(_REGISTRY)
 
 
 def iter_images(root: Path, skip: Callable[[Path], bool] | None = None) -> list[Path]:

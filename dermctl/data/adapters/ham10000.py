@@ -51,7 +51,6 @@ CONFIRM_TYPES = {
 }
 # The challenge's one-hot columns, in the challenge's order, and the HAM10000 `dx` code of each.
 ONE_HOT = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
-DX_CODES = frozenset(ONE_HOT.values())
 EXTRA_COLUMNS = ("dx_type", "age", "sex", "localization", "dataset")
 
 

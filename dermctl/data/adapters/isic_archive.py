@@ -26,16 +26,10 @@ from dermctl.data.adapters.base import (
 )
 from dermctl.errors import DataError, UsageError
 
-ISIC_ID = re.compile(r"^ISIC_\d{7}$")
 # ISIC 2019 ships some images as ISIC_0000000_downsampled.jpg: the same archive id.
 _ISIC_FILE = re.compile(r"^(ISIC_\d{7})(?:_downsampled)?$")
 DIAGNOSIS_COLUMNS = ("diagnosis", "diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2", "diagnosis_1")
 EXTRA_COLUMNS = ("image_type", "patient_id", "attribution", "copyright_license")
-
-
-def is_isic_id(text: str) -> bool:
-    """True for an ISIC archive image id such as ISIC_0024306."""
-    return bool(ISIC_ID.match(text))
 
 
 def isic_id_of(path: Path) -> str:

@@ -26,7 +26,6 @@ from dermctl.data.adapters.base import (
 from dermctl.data.adapters.fitzpatrick17k import skin_type
 from dermctl.errors import DataError
 
-DIAGNOSES = ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")
 EXTRA_COLUMNS = ("lesion_id", "diagnostic", "age", "gender", "region", "biopsed")
 
 

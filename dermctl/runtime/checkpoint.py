@@ -5,7 +5,7 @@ dicts), written atomically, with its SHA-256 in a sidecar `<file>.sha256` (`sha2
 checkpoint is being replaced the sidecar briefly lists the new and the old hash, either verifies). Loading
 checks the hash first (a truncated or altered file is named and refused), then uses
 `torch.load(weights_only=True)`, so a file that needs pickle code execution is refused and its payload
-never runs. Pretraining (`dermctl.train.engine`) and fine-tuning (`dermctl.eval.finetune`) checkpoints
+never runs. Pretraining (`dermctl.train.engine`) and fine-tuning (`dermctl.train.finetune`) checkpoints
 both go through here.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -139,3 +140,55 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise DataError(f"{p}: not a dermctl checkpoint (expected a dict, found {type(state).__name__})")
     return state
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint state that training can no longer change: tensors copied to the CPU,
+    containers rebuilt, other values shared (they are immutable)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread while training goes on, one at a time.
+
+    `submit` first waits for the previous write (so at most one is in flight and the files are
+    replaced in order), then snapshots the state and starts writing it with `save_checkpoint` (atomic,
+    hashed). An error of a write (a full disk) is raised in the training thread by the next `submit` or
+    `wait`. The thread is not a daemon: an interpreter that exits still finishes the write it started.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(
+        self, state: dict[str, Any], path: str | os.PathLike[str], copies: Iterable[str | os.PathLike[str]] = ()
+    ) -> None:
+        self.wait()
+        check_plain(state)  # in the caller's thread: a bad value is a bug to raise here, with its stack
+        frozen, targets = snapshot(state), [Path(c) for c in copies]
+        self._thread = threading.Thread(
+            target=self._write, args=(frozen, Path(path), targets), name="dermctl-checkpoint", daemon=False
+        )
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any], path: Path, copies: list[Path]) -> None:
+        try:
+            save_checkpoint(state, path, copies)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

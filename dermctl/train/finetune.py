@@ -18,7 +18,7 @@ Recipe (the task's documented choices):
 
 Run folder `runs/finetune-<model_id>-<task>/`: config.json (config + provenance), metrics.csv (one row per
 epoch), last.pt (resumable: model, optimiser, history, early-stopping state) and best.pt (model state of the
-best epoch), each with its `.sha256` sidecar (`dermctl.train.checkpoint`: plain containers only, the hash
+best epoch), each with its `.sha256` sidecar (`dermctl.runtime.checkpoint`: plain containers only, the hash
 checked before `torch.load(weights_only=True)`; an altered file is refused, never loaded). Images are
 checked against the manifest's sha256 before training (`dermctl.data.verify`). Each epoch is seeded from
 (seed, epoch) so a resumed run repeats the uninterrupted one exactly on the same device.
@@ -30,7 +30,6 @@ import contextlib
 import csv
 import io
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,16 +44,19 @@ from torch.utils.data import DataLoader, Dataset
 from dermctl.data.images import open_rgb
 from dermctl.data.manifest import Manifest, Row, fill_hashes, find_task, read_manifest, validate_task
 from dermctl.data.verify import verify_images
-from dermctl.errors import ConflictError, DataError, TrainingError, UnavailableError, UsageError
+from dermctl.errors import ConflictError, DataError, TrainingError, UsageError
 from dermctl.eval.metrics import by_group, classification_report, macro_f1
 from dermctl.eval.models import resolve_model
-from dermctl.eval.results import test_split_hash, write_result
-from dermctl.models.backbone import BackboneMeta, extract_features, feature_dim, select_channels
+from dermctl.models.backbone import BackboneMeta, extract_features, feature_dim
+from dermctl.models.transforms import eval_transform, normaliser
 from dermctl.provenance import provenance, sha256_file
-from dermctl.train.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
-from dermctl.train.distributed import Dist, dist_from_env, wrap_ddp
-from dermctl.train.schedules import cosine_schedule
-from dermctl.train.signals import RunInterrupted, StopFlag, stop_on_signals
+from dermctl.results import build_result, write_result
+from dermctl.runtime.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from dermctl.runtime.device import autocast, resolve_device, resolve_num_workers
+from dermctl.runtime.distributed import Dist, dist_from_env, wrap_ddp
+from dermctl.runtime.early_stopping import EarlyStopping
+from dermctl.runtime.schedules import cosine_schedule
+from dermctl.runtime.signals import RunInterrupted, StopFlag, stop_on_signals
 from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, run_lock
 
 EARLY_STOP_MODES = ("f1", "loss")
@@ -108,7 +110,7 @@ class FinetuneConfig:
             ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
             ("--patience", self.patience, self.patience >= 1, "an integer >= 1"),
             ("--early-stop", self.early_stop, self.early_stop in EARLY_STOP_MODES, "f1 or loss"),
-            ("--num-workers", self.num_workers, self.num_workers >= -1, "an integer >= 0 (or -1 for auto)"),
+            ("--workers", self.num_workers, self.num_workers >= -1, "an integer >= 0 (or -1 for auto)"),
             ("--bootstrap", self.bootstrap, self.bootstrap >= 0, "an integer >= 0"),
         ]
         if self.image_size is not None:
@@ -145,44 +147,6 @@ def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-class EarlyStopping:
-    """Tracks the best validation value; `step` says whether the epoch improved (keep its checkpoint).
-
-    mode "f1": higher is better; mode "loss": lower is better. Stops after `patience` epochs without
-    strict improvement; ties keep the earlier epoch."""
-
-    def __init__(self, mode: str, patience: int) -> None:
-        if mode not in EARLY_STOP_MODES:
-            raise UsageError(f"--early-stop: {mode!r} is not valid (expected f1 or loss)")
-        self.mode = mode
-        self.patience = patience
-        self.best: float | None = None
-        self.best_epoch = -1
-        self.bad_epochs = 0
-
-    def step(self, epoch: int, value: float) -> bool:
-        better = self.best is None or (value > self.best if self.mode == "f1" else value < self.best)
-        if better and math.isfinite(value):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = (
-            state["best"],
-            int(state["best_epoch"]),
-            int(state["bad_epochs"]),
-        )
-
-
 def split_train_val(
     rows: list[Row], seed: int, fraction: float = VAL_FRACTION
 ) -> tuple[list[Row], list[Row]]:
@@ -213,15 +177,11 @@ def split_train_val(
 def build_transforms(
     meta: BackboneMeta, image_size: int
 ) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
-    """(train transform, eval transform): PIL RGB image -> normalised tensor with the backbone's channels."""
+    """(train transform, eval transform): PIL RGB image -> normalised tensor with the backbone's channels.
+    The eval transform is the one `embed` uses (dermctl.models.transforms)."""
     from torchvision import transforms as T
 
-    mean, std = _channel_stats(meta)
-
-    def finish(x: torch.Tensor) -> torch.Tensor:
-        x = select_channels(x.unsqueeze(0), meta.channels).squeeze(0)
-        return (x - mean) / std
-
+    finish = normaliser(meta.mean, meta.std, meta.channels)
     train = T.Compose(
         [
             T.RandomResizedCrop(image_size, scale=CROP_SCALE, antialias=True),
@@ -233,22 +193,7 @@ def build_transforms(
             T.Lambda(finish),
         ]
     )
-    evaluate = T.Compose(
-        [
-            T.Resize(int(round(image_size * 256 / 224)), antialias=True),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Lambda(finish),
-        ]
-    )
-    return train, evaluate
-
-
-def _channel_stats(meta: BackboneMeta) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = list(meta.mean), list(meta.std)
-    if meta.channels == "green" and len(mean) == 3:
-        mean, std = [mean[1]], [std[1]]
-    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    return train, eval_transform(image_size, meta.mean, meta.std, meta.channels)
 
 
 class ManifestImages(Dataset):
@@ -383,10 +328,8 @@ def finetune(
             f"{manifest.path}: after holding out val, train has no image of class {', '.join(missing)}"
         )
 
-    device = _device(config.device)
-    if dist.enabled and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
-    workers = _workers(config.num_workers)
+    device = resolve_device(config.device, dist.local_rank if dist.enabled else None)
+    workers = resolve_num_workers(config.num_workers)
     saved_config = {k: v for k, v in asdict(config).items()}
     saved_config.update(
         image_size=image_size,
@@ -431,7 +374,7 @@ def finetune(
     iters_per_epoch = math.ceil((len(sampler) if sampler else len(train_set)) / config.batch_size)
     lr_factor = cosine_schedule(1.0, 0.0, config.epochs, iters_per_epoch)
 
-    stopper = EarlyStopping(config.early_stop, config.patience)
+    stopper = EarlyStopping(config.patience, mode="max" if config.early_stop == "f1" else "min")
     history: list[dict[str, float]] = []
     start_epoch, done = 0, False
     skip, partial = 0, (0.0, 0.0)
@@ -510,7 +453,7 @@ def finetune(
         val = _evaluate(net, val_set, config.batch_size, workers, device, criterion)
 
         val_f1 = float(macro_f1(val["y_true"], val["y_pred"], n_classes))
-        improved = stopper.step(epoch, val_f1 if config.early_stop == "f1" else val["loss"])
+        improved = stopper.step(val_f1 if config.early_stop == "f1" else val["loss"], epoch)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -600,70 +543,45 @@ def _result_payload(
         seed=config.seed,
     )
     inputs = dict(inputs, checkpoint=sha256_file(best_path))
-    payload: dict[str, Any] = {
-        "schema": "dermctl.result/1",
-        "protocol": "finetune",
-        "model": str(loaded.model_id),
-        "init": str(loaded.init),
-        "backbone": loaded.meta.timm_name,
-        "task": manifest.name,
-        "class_names": classes,
-        "test_split_sha256": test_split_hash([r.sha256 for r in test_rows]),
-        "metrics": metrics,
-        "config": saved_config,
-        "inputs": inputs,
-        "provenance": provenance(saved_config, inputs),
-        "data": {
-            "task": manifest.name,
-            "manifest": Path(manifest.path).name if manifest.path else manifest.name,
-            "class_counts": {
-                split: {
-                    c: sum(1 for r in manifest.rows if r.split == split and r.label == c) for c in classes
-                }
-                for split in ("train", "val", "test")
-            },
-        },
-        "predictions": {
-            "sha256": [r.sha256 for r in test_rows],
-            "y_true": [int(v) for v in test["y_true"]],
-            "y_pred": [int(v) for v in test["y_pred"]],
-        },
-    }
+    per_skin_type = None
     if "skin_type" in manifest.extra_columns:
         groups = [r.extras.get("skin_type", "") or "unknown" for r in test_rows]
-        payload["per_skin_type"] = by_group(
-            test["y_true"], test["y_pred"], groups, n_classes, scores=test["scores"]
-        )
+        per_skin_type = by_group(test["y_true"], test["y_pred"], groups, n_classes, scores=test["scores"])
+    payload = build_result(
+        "finetune",
+        str(loaded.model_id),
+        str(loaded.init),
+        loaded.meta.timm_name,
+        manifest.name,
+        classes,
+        [r.sha256 for r in test_rows],
+        metrics,
+        saved_config,
+        inputs,
+        per_skin_type=per_skin_type,
+    )
+    payload["data"] = {
+        "task": manifest.name,
+        "manifest": Path(manifest.path).name if manifest.path else manifest.name,
+        "class_counts": {
+            split: {c: sum(1 for r in manifest.rows if r.split == split and r.label == c) for c in classes}
+            for split in ("train", "val", "test")
+        },
+    }
+    payload["predictions"] = {
+        "sha256": [r.sha256 for r in test_rows],
+        "y_true": [int(v) for v in test["y_true"]],
+        "y_pred": [int(v) for v in test["y_pred"]],
+    }
     return payload
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device: {name!r} is not a device (expected auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError(f"--device: {name!r} asked for but no CUDA GPU is available here")
-    return device
-
-
-def _workers(n: int) -> int:
-    if n >= 0:
-        return n
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 on CUDA, fp32 on the CPU (fine-tuning has no precision option)."""
+    return autocast(device, torch.bfloat16 if device.type == "cuda" else None)
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
