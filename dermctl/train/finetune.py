@@ -6,7 +6,8 @@ Recipe (the task's documented choices):
                   below half the image often loses them - then horizontal and vertical flips, a random
                   rotation by a multiple of 90 degrees (skin photos have no canonical orientation) and mild
                   colour jitter (0.1 brightness/contrast/saturation, 0.02 hue).
-    eval views    resize the shorter side to image_size * 256/224, centre crop image_size.
+    eval views    the evaluation transform of embed (`dermctl.models.transforms.eval_transform`): shorter side
+                  to image_size / 0.875 (bicubic), centre crop image_size.
     features      the same features as embed / the linear probe (the backbone's feature rule): the last
                   average pool for CNNs, the class tokens of the last 4 blocks concatenated for ViTs
                   (Gröger et al. sec. 3.5, as DINO's linear evaluation).
