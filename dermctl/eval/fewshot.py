@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from dermctl.errors import UsageError
 
@@ -117,6 +116,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
         return [float("nan"), float("nan")]
     if v.size == 1:
         return [float(v[0]), float(v[0])]
+    from scipy import stats  # here: scipy.stats costs ~1 s to import, and pretraining never needs it
+
     half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     return [float(v.mean() - half), float(v.mean() + half)]
 

@@ -697,8 +697,9 @@ class _Trainer:
     def export(self, status: str) -> Path | None:
         if not self.dist.is_main:
             return None
-        self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
         best = self.ckpt_dir / "best.pt"
+        if self.cfg["export_epoch"] == "best":
+            self.writer.wait()  # best.pt may be the checkpoint still being written
         if self.cfg["export_epoch"] == "best" and best.is_file():
             exported = self.stopper.best_epoch + 1
             if exported != self.epoch:  # else the weights in memory are the best epoch's already
@@ -720,7 +721,9 @@ class _Trainer:
             "status": status,
             "config": self.cfg,
         }
-        return export_backbone(module, self.run_dir, meta)
+        path = export_backbone(module, self.run_dir, meta)  # from memory, while the last checkpoint is written
+        self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
+        return path
 
 
 def _as_log(log: Any) -> Callable[[str], None]:
