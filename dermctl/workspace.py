@@ -14,9 +14,11 @@ Layout (every command reads and writes these by default; explicit paths always w
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import glob
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -345,3 +347,63 @@ def run_lock(run_dir: str | os.PathLike[str], command: str = "dermctl") -> Itera
         if not existed:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds when nothing was written
+
+
+# -- run folders -------------------------------------------------------------------------------------
+
+# run.json "status" of a pretraining run
+RUN_STATUSES = ("running", "finished", "early_stopped", "diverged", "collapsed", "interrupted")
+DONE_STATUSES = ("finished", "early_stopped", "collapsed")  # ended by itself: --resume has nothing to do
+FAILED_STATUSES = ("collapsed", "diverged")  # the numbers exist but come from a failed run
+INCOMPLETE_STATUSES = ("running", "interrupted")  # resumable (or still going)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """`runs/<name>/`, the one description of a run folder's files for pretraining and fine-tuning:
+    config.json (config + provenance), metrics.csv (a row per epoch), run.json (status, pretraining),
+    last.pt / best.pt (+ .sha256) and the `.lock` of `run_lock`. Pretraining keeps its checkpoints in
+    checkpoints/, fine-tuning beside config.json (their 0.1.0 layouts, which resumable runs still have)."""
+
+    root: Path
+    checkpoints: Path
+
+    @classmethod
+    def pretraining(cls, root: str | os.PathLike[str]) -> RunFolder:
+        return cls(Path(root), Path(root) / "checkpoints")
+
+    @classmethod
+    def finetuning(cls, root: str | os.PathLike[str]) -> RunFolder:
+        return cls(Path(root), Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def lock(self, command: str) -> contextlib.AbstractContextManager[bool]:
+        return run_lock(self.root, command)
+
+
+def write_rows_csv(path: str | os.PathLike[str], columns: list[str], rows: list[list[str]]) -> None:
+    """A CSV file (header + rows, "\\n" line ends) written atomically: metrics.csv of every run."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

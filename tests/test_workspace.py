@@ -152,3 +152,28 @@ def test_run_lock_names_the_pid_holding_it_and_takes_over_a_dead_ones(tmp_path: 
     with run_lock(fresh) as existed:
         assert not existed and fresh.is_dir()
     assert not fresh.exists()  # refused before writing anything: no empty run folder left behind
+
+
+def test_run_folder_names_every_file_of_a_run(tmp_path):
+    from dermctl.workspace import (
+        DONE_STATUSES,
+        FAILED_STATUSES,
+        INCOMPLETE_STATUSES,
+        RUN_STATUSES,
+        RunFolder,
+        write_rows_csv,
+    )
+
+    pre = RunFolder.pretraining(tmp_path / "simclr-resnet50")
+    assert (pre.config.name, pre.metrics.name, pre.status.name) == ("config.json", "metrics.csv", "run.json")
+    assert pre.last == tmp_path / "simclr-resnet50" / "checkpoints" / "last.pt"
+    assert pre.best.parent == pre.last.parent
+    ft = RunFolder.finetuning(tmp_path / "finetune-m-task")
+    assert ft.last == tmp_path / "finetune-m-task" / "last.pt"  # the layout resumable 0.1.0 runs have
+    assert set(DONE_STATUSES) | set(FAILED_STATUSES) | set(INCOMPLETE_STATUSES) <= set(RUN_STATUSES)
+    assert not set(DONE_STATUSES) & set(INCOMPLETE_STATUSES)
+    with pre.lock("test") as existed:
+        assert not existed and (pre.root / ".lock").is_file()
+        write_rows_csv(pre.metrics, ["epoch", "loss"], [["1", "0.5"], ["2", ""]])
+    assert pre.metrics.read_text() == "epoch,loss\n1,0.5\n2,\n"
+    assert not (pre.root / ".lock").exists()

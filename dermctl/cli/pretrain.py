@@ -18,7 +18,7 @@ from dermctl.cli.common import (
 )
 from dermctl.cli.options import DeviceOption, LegacyWorkersOption, WorkersOption, pick_workers
 from dermctl.errors import UsageError
-from dermctl.workspace import read_json
+from dermctl.workspace import RunFolder, read_json
 
 NAME = "pretrain"
 SHORT_HELP = "Pretrain a backbone with a self-supervised method (colorme, simclr, byol, dino, ibot)."
@@ -139,7 +139,7 @@ def command(
     if not data:
         raise UsageError("--data: missing (give a manifest CSV or a folder of them)")
     run_name = name or default_run_name(cfg)
-    saved = ws.runs / run_name / "config.json"
+    saved = RunFolder.pretraining(ws.runs / run_name).config
     if resume and force:
         raise UsageError("--resume and --force: choose one (continue the run, or replace it)")
     if resume and saved.is_file():

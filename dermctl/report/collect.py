@@ -17,9 +17,6 @@ from dermctl.results import SCHEMA, UNAVAILABLE_DIR
 from dermctl.workspace import read_json
 
 REQUIRED = ("protocol", "model", "task")
-# Run states the table flags: the numbers exist but come from a failed pretraining run.
-FAILED_STATUSES = ("collapsed", "diverged")
-INCOMPLETE_STATUSES = ("running", "interrupted")
 
 
 @dataclass

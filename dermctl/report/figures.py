@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dermctl.report.collect import FAILED_STATUSES, Collection, task_key
+from dermctl.report.collect import Collection, task_key
 from dermctl.report.tables import INIT_LABELS, SECTIONS, order_tasks, task_label
+from dermctl.workspace import FAILED_STATUSES
 
 _INIT_ORDER = SECTIONS[0][2]  # the paper's order of initialisations
 

@@ -17,7 +17,8 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from dermctl.report.collect import FAILED_STATUSES, INCOMPLETE_STATUSES, Collection, ResultRecord, task_key
+from dermctl.report.collect import Collection, ResultRecord, task_key
+from dermctl.workspace import FAILED_STATUSES, INCOMPLETE_STATUSES
 
 MISSING = "—"
 MISSING_TEX = "---"

@@ -168,7 +168,10 @@ class CheckpointWriter:
         self._error: BaseException | None = None
 
     def submit(
-        self, state: dict[str, Any], path: str | os.PathLike[str], copies: Iterable[str | os.PathLike[str]] = ()
+        self,
+        state: dict[str, Any],
+        path: str | os.PathLike[str],
+        copies: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.wait()
         check_plain(state)  # in the caller's thread: a bad value is a bug to raise here, with its stack

@@ -17,8 +17,6 @@ Run folder `runs/<name>/` (see docs/pretrain.md):
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import random
 import re
@@ -80,14 +78,14 @@ from dermctl.train.data import (
 )
 from dermctl.train.health import EpochLogs, KnnMonitor
 from dermctl.workspace import (
+    DONE_STATUSES,
+    RunFolder,
     Workspace,
     atomic_write_json,
-    atomic_write_text,
     read_json,
-    run_lock,
+    write_rows_csv,
 )
 
-STATUSES = ("running", "finished", "early_stopped", "diverged", "collapsed", "interrupted")
 BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "weight_decay", "momentum")
 TAIL_COLUMNS = ("monitor_knn_f1", "collapsed", "seconds", "images_per_s", "data_wait_share")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -294,12 +292,7 @@ def metrics_columns(history: list[dict[str, Any]]) -> list[str]:
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     cols = metrics_columns(history)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for row in history:
-        w.writerow([_fmt(row.get(c)) for c in cols])
-    atomic_write_text(path, buf.getvalue())
+    write_rows_csv(path, cols, [[_fmt(row.get(c)) for c in cols] for row in history])
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -342,8 +335,8 @@ class _Trainer:
         self.train_ds, self.val_ds = parts.train_ds, parts.val_ds
         self.batch_size, self.ipe, self.workers = parts.batch_size, parts.ipe, parts.workers
         self.sched, self.method_sched, self.monitor = parts.sched, parts.method_sched, parts.monitor
-        self.run_dir = workspace.runs / name
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.folder = RunFolder.pretraining(workspace.runs / name)
+        self.run_dir = self.folder.root
         self.amp_dtype, use_scaler = resolve_precision(cfg["precision"], device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.history: list[dict[str, Any]] = []
@@ -382,14 +375,14 @@ class _Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.cfg["method"]:
             raise DataError(
-                f"{self.ckpt_dir / 'last.pt'}: checkpoint of method {state.get('method')!r}, not {self.cfg['method']!r}"
+                f"{self.folder.last}: checkpoint of method {state.get('method')!r}, not {self.cfg['method']!r}"
             )
         try:
             self.method.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise DataError(
-                f"{self.ckpt_dir / 'last.pt'}: does not fit this run's model: {str(exc).splitlines()[0][:160]}"
+                f"{self.folder.last}: does not fit this run's model: {str(exc).splitlines()[0][:160]}"
             ) from exc
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -416,12 +409,12 @@ class _Trainer:
         if not self.dist.is_main:
             return
         state = self.state(acc)
-        copies = [self.ckpt_dir / "best.pt"] if best else []
+        copies = [self.folder.best] if best else []
         if background:
-            self.writer.submit(state, self.ckpt_dir / "last.pt", copies)
+            self.writer.submit(state, self.folder.last, copies)
         else:
             self.writer.wait()
-            save_checkpoint(state, self.ckpt_dir / "last.pt", copies)
+            save_checkpoint(state, self.folder.last, copies)
 
     def write_run(self, status: str, message: str = "") -> None:
         if not self.dist.is_main:
@@ -429,7 +422,7 @@ class _Trainer:
         best = self.stopper.best
         self.last_status = None  # unknown until the write below succeeds
         atomic_write_json(
-            self.run_dir / "run.json",
+            self.folder.status,
             {
                 "name": self.name,
                 "method": self.cfg["method"],
@@ -455,7 +448,7 @@ class _Trainer:
             self.writer.wait()
         if self.last_status not in ("running", None):
             return
-        if self.last_status is None and not (self.run_dir / "run.json").is_file():
+        if self.last_status is None and not self.folder.status.is_file():
             return
         text = exc.message if isinstance(exc, DermctlError) else f"{type(exc).__name__}: {exc}"
         line = (text.strip().splitlines() or ["interrupted"])[0][:300]
@@ -463,7 +456,7 @@ class _Trainer:
             self.write_run("interrupted", f"stopped by an error: {line}; fix it, then continue with --resume")
         except (DermctlError, OSError):
             with contextlib.suppress(OSError):
-                (self.run_dir / "run.json").unlink()
+                self.folder.status.unlink()
 
     # -- one epoch -----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -554,7 +547,7 @@ class _Trainer:
         self.save(acc)
         msg = (
             f"loss became {loss_value} at epoch {self.epoch + 1}, iteration {self.epoch * self.ipe + b}; "
-            f"resumable checkpoint {self.ckpt_dir / 'last.pt'} (lower lr or set clip_grad in a new run, or --resume)"
+            f"resumable checkpoint {self.folder.last} (lower lr or set clip_grad in a new run, or --resume)"
         )
         self.write_run("diverged", msg)
         raise TrainingError(msg)
@@ -678,7 +671,7 @@ class _Trainer:
                 improved = self.stopper.step(val_loss, epoch) if validated else False
                 self.epoch, self.batch, self.partial = epoch + 1, 0, None
                 if self.dist.is_main:
-                    write_metrics(self.run_dir / "metrics.csv", self.history)
+                    write_metrics(self.folder.metrics, self.history)
                 self.save(None, best=improved, background=True)
                 self.write_run("running")
                 epochs_log(row)
@@ -697,7 +690,7 @@ class _Trainer:
     def export(self, status: str) -> Path | None:
         if not self.dist.is_main:
             return None
-        best = self.ckpt_dir / "best.pt"
+        best = self.folder.best
         if self.cfg["export_epoch"] == "best":
             self.writer.wait()  # best.pt may be the checkpoint still being written
         if self.cfg["export_epoch"] == "best" and best.is_file():
@@ -721,7 +714,9 @@ class _Trainer:
             "status": status,
             "config": self.cfg,
         }
-        path = export_backbone(module, self.run_dir, meta)  # from memory, while the last checkpoint is written
+        path = export_backbone(
+            module, self.run_dir, meta
+        )  # from memory, while the last checkpoint is written
         self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
         return path
 
@@ -811,7 +806,9 @@ def pretrain(
         raise UsageError(f"--name: {name!r} is not a valid run name (letters, digits, . _ + -)")
     run_dir = workspace.runs / name
     # rank 0 holds the lock and prepares the folder; the other ranks follow its decision
-    lock = run_lock(run_dir, "dermctl pretrain") if dist.is_main else contextlib.nullcontext()
+    lock = (
+        RunFolder.pretraining(run_dir).lock("dermctl pretrain") if dist.is_main else contextlib.nullcontext()
+    )
     with lock:
         if dist.is_main:
             resume = _prepare_run_dir(run_dir, cfg, resume=resume, force=force, say=say)
@@ -845,7 +842,8 @@ def _prepare_run_dir(
     run_dir: Path, cfg: dict[str, Any], *, resume: bool, force: bool, say: Callable[[str], None]
 ) -> bool:
     """Check the (locked) run folder against resume/force; returns whether the run is really resumed."""
-    last = run_dir / "checkpoints" / "last.pt"
+    folder = RunFolder.pretraining(run_dir)
+    last = folder.last
     # Anything but the lock (an empty folder is no run; a folder with files but no checkpoint is a run
     # killed before its first one).
     started = any(p.name != ".lock" for p in run_dir.iterdir())
@@ -864,7 +862,7 @@ def _prepare_run_dir(
         say(f"--resume: {run_dir} has no checkpoint yet ({last} not found): starting the run afresh")
         _clear_run_dir(run_dir)
         return False
-    saved = read_json(run_dir / "config.json").get("config", {})
+    saved = read_json(folder.config).get("config", {})
     diffs = resume_differences(saved, cfg)
     if diffs:
         k = diffs[0]
@@ -872,8 +870,8 @@ def _prepare_run_dir(
             f"--resume: config key {k!r} = {cfg.get(k)!r} differs from the run's {saved.get(k)!r} "
             "(a resumed run keeps its config; use --name for a new run)"
         )
-    prev = read_json(run_dir / "run.json").get("status") if (run_dir / "run.json").is_file() else "running"
-    if prev in ("finished", "early_stopped", "collapsed"):
+    prev = read_json(folder.status).get("status") if folder.status.is_file() else "running"
+    if prev in DONE_STATUSES:
         raise ConflictError(
             f"--resume: run {run_dir} has already ended (status {prev}); use --force to replace it or "
             "--name for a new run"
@@ -910,7 +908,8 @@ def _pretrain_locked(
 ) -> RunSummary:
     """The run itself, with the run folder prepared and locked."""
     run_dir = workspace.runs / name
-    last = run_dir / "checkpoints" / "last.pt"
+    folder = RunFolder.pretraining(run_dir)
+    last = folder.last
     sync_bn = use_sync_bn(cfg) and dist.enabled
     pdata = load_pretrain_data(
         data, workspace, exclude=exclude, allow_task_images=allow_task_images, seed=cfg["seed"]
@@ -980,12 +979,12 @@ def _pretrain_locked(
         tr.restore(load_checkpoint(last))
         say(f"resuming {name} at epoch {tr.epoch + 1}" + (f", batch {tr.batch + 1}" if tr.batch else ""))
         if dist.is_main:
-            record = read_json(run_dir / "config.json")
+            record = read_json(folder.config)
             record.setdefault("resumed", []).append(
                 provenance(cfg, pdata.manifests)
                 | {"data": data_record, "world_size": dist.world_size, "global_batch": global_batch}
             )
-            atomic_write_json(run_dir / "config.json", record)
+            atomic_write_json(folder.config, record)
     elif dist.is_main:
         record = {
             "config": cfg,
@@ -998,7 +997,7 @@ def _pretrain_locked(
             "sync_bn": sync_bn,
             "iterations_per_epoch": ipe,
         }
-        atomic_write_json(run_dir / "config.json", record)
+        atomic_write_json(folder.config, record)
     tr.write_run("running")
 
     def epoch_line(row: dict[str, Any]) -> None:

@@ -28,8 +28,6 @@ checked against the manifest's sha256 before training (`dermctl.data.verify`). E
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -58,7 +56,7 @@ from dermctl.runtime.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.runtime.early_stopping import EarlyStopping
 from dermctl.runtime.schedules import cosine_schedule
 from dermctl.runtime.signals import RunInterrupted, StopFlag, stop_on_signals
-from dermctl.workspace import Workspace, atomic_write_json, atomic_write_text, run_lock
+from dermctl.workspace import RunFolder, Workspace, atomic_write_json, write_rows_csv
 
 EARLY_STOP_MODES = ("f1", "loss")
 CROP_SCALE = (0.5, 1.0)
@@ -264,8 +262,8 @@ def run_finetune(
     loaded = resolve_model(model, workspace, backbone=backbone, weights=Path(weights) if weights else None)
     dist = dist_from_env(config.device)
     # One process per run folder (as pretrain): a second one is told the PID instead of mixing checkpoints.
-    run_dir = workspace.runs / f"finetune-{loaded.model_id}-{manifest.name}"
-    lock = run_lock(run_dir, "dermctl finetune") if dist.is_main else contextlib.nullcontext()
+    folder = RunFolder.finetuning(workspace.runs / f"finetune-{loaded.model_id}-{manifest.name}")
+    lock = folder.lock("dermctl finetune") if dist.is_main else contextlib.nullcontext()
     with lock:
         return finetune(workspace, manifest, loaded, config, resume=resume, force=force, log=log, dist=dist)
 
@@ -302,8 +300,8 @@ def finetune(
     meta: BackboneMeta = loaded.meta
     image_size = int(config.image_size or meta.input_size)
     result_path = workspace.result_path("finetune", model_id, task)
-    run_dir = workspace.runs / f"finetune-{model_id}-{task}"
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    folder = RunFolder.finetuning(workspace.runs / f"finetune-{model_id}-{task}")
+    run_dir, last_path, best_path = folder.root, folder.last, folder.best
 
     if result_path.exists() and not (force or resume):
         raise ConflictError(f"{result_path} exists; pass --force to redo the run or --resume to continue it")
@@ -397,7 +395,7 @@ def finetune(
         inputs["backbone"] = str(loaded.checkpoint_sha256)
     if dist.is_main:
         record = {"config": saved_config, "provenance": provenance(saved_config, inputs)}
-        atomic_write_json(run_dir / "config.json", record | {"world_size": dist.world_size})
+        atomic_write_json(folder.config, record | {"world_size": dist.world_size})
 
     epoch = start_epoch
     flag = StopFlag()
@@ -482,7 +480,11 @@ def finetune(
                 "config": saved_config,
             },
         )
-        atomic_write_text(run_dir / "metrics.csv", _metrics_csv(history))
+        write_rows_csv(
+            folder.metrics,
+            list(METRICS_COLUMNS),
+            [[_cell(h.get(c)) for c in METRICS_COLUMNS] for h in history],
+        )
         say(
             f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val['loss']:.4f}, "
             f"val macro-F1 {val_f1:.4f}{' (best)' if improved else ''}"
@@ -735,10 +737,6 @@ def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
             )
 
 
-def _metrics_csv(history: list[dict[str, float]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow(row)
-    return buf.getvalue()
+def _cell(value: Any) -> str:
+    """A metrics.csv cell as csv.DictWriter wrote it (str of the value; empty for None)."""
+    return "" if value is None else str(value)
