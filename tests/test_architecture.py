@@ -134,8 +134,15 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
 
 def test_frozen_evaluation_imports_no_training_code() -> None:
     edges = import_edges()
-    bad = [f"{s} -> {d}" for s, ds in edges.items() if s.startswith("dermctl.eval") for d in ds]
-    assert not [b for b in bad if "dermctl.train" in b.split(" -> ")[1]]
+    assert any(s.startswith("dermctl.eval.") for s in edges)  # the check below has something to look at
+    upward = [
+        f"{s} -> {d}"
+        for s, ds in edges.items()
+        if s.startswith("dermctl.eval")
+        for d in ds
+        if d.startswith(("dermctl.train", "dermctl.methods"))
+    ]
+    assert upward == []
 
 
 def test_the_checks_catch_what_they_are_for() -> None:

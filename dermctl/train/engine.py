@@ -43,7 +43,7 @@ from dermctl.methods.base import PretrainMethod, StepContext
 from dermctl.methods.registry import get_method
 from dermctl.models.backbone import check_backbone_name, check_init, export_backbone
 from dermctl.provenance import provenance
-from dermctl.runtime.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
+from dermctl.runtime.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint, snapshot
 from dermctl.runtime.device import (
     autocast,
     enable_tf32,
@@ -235,16 +235,6 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
-
-
 def _batches(loader: Any, flag: StopFlag) -> Iterator[Any]:
     """Iterate a loader; an error re-raised from a worker process keeps its one-line message, and workers
     ended by the same Ctrl-C that set `flag` end the epoch quietly (the caller checkpoints)."""
@@ -336,7 +326,6 @@ class _Trainer:
         self.batch_size, self.ipe, self.workers = parts.batch_size, parts.ipe, parts.workers
         self.sched, self.method_sched, self.monitor = parts.sched, parts.method_sched, parts.monitor
         self.folder = RunFolder.pretraining(workspace.runs / name)
-        self.run_dir = self.folder.root
         self.amp_dtype, use_scaler = resolve_precision(cfg["precision"], device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.history: list[dict[str, Any]] = []
@@ -351,6 +340,10 @@ class _Trainer:
         self.writer = CheckpointWriter()
         self.val_cache: list[Any] | None = None  # the val batches, when they fit in VAL_CACHE_BYTES
         self.last_status: str | None = None  # what run.json says now (written by this process)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.root
 
     # -- persistence ---------------------------------------------------------------------------
     def state(self, acc: dict[str, Any] | None) -> dict[str, Any]:
@@ -567,7 +560,7 @@ class _Trainer:
         # The val views are the same every epoch (fixed seed and batches): a val set that fits in
         # VAL_CACHE_BYTES is loaded once and replayed from memory (copies, as steps may work in place).
         if self.val_cache is not None:
-            source: Any = (_clone(b) for b in self.val_cache)
+            source: Any = (snapshot(b) for b in self.val_cache)
         else:
             order = self.dist.shard(list(range(len(self.val_ds))))
             batches = epoch_batches(order, self.batch_size, VAL_EPOCH, drop_last=False)
@@ -586,7 +579,7 @@ class _Trainer:
                 if keep is not None:
                     kept_bytes += _nbytes(batch)
                     if kept_bytes <= VAL_CACHE_BYTES:
-                        keep.append(_clone(batch))
+                        keep.append(snapshot(batch))
                     else:
                         keep = None
                 ctx = StepContext(
@@ -690,18 +683,16 @@ class _Trainer:
     def export(self, status: str) -> Path | None:
         if not self.dist.is_main:
             return None
-        best = self.folder.best
+        # The weights in memory are the last epoch's (just saved as last.pt, or loaded by --resume).
+        exported = self.epoch
         if self.cfg["export_epoch"] == "best":
             self.writer.wait()  # best.pt may be the checkpoint still being written
-        if self.cfg["export_epoch"] == "best" and best.is_file():
-            exported = self.stopper.best_epoch + 1
-            if exported != self.epoch:  # else the weights in memory are the best epoch's already
+            best = self.folder.best
+            if best.is_file() and self.stopper.best_epoch + 1 != self.epoch:
                 state = load_checkpoint(best)
                 self.method.load_state_dict(state["model"])
                 # what the file holds, should a kill between last.pt and best.pt have left an older best
                 exported = int(state["epoch"])
-        else:  # the weights in memory are the last epoch's (just saved as last.pt, or loaded by --resume)
-            exported = self.epoch
         self.exported_epoch = exported
         module, meta = self.method.export()
         meta.source = f"dermctl pretrain run {self.name}"
@@ -714,9 +705,8 @@ class _Trainer:
             "status": status,
             "config": self.cfg,
         }
-        path = export_backbone(
-            module, self.run_dir, meta
-        )  # from memory, while the last checkpoint is written
+        # exported from memory while the last checkpoint is still being written
+        path = export_backbone(module, self.run_dir, meta)
         self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
         return path
 
