@@ -162,6 +162,49 @@ def test_knn_option_errors(ws: Path, args: list[str], code: int, needles: list[s
     one_line_error(run(ws, "knn", "--task", "toy", *args), code, *needles)
 
 
+def test_knn_and_probe_compute_on_the_device_asked_for(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dermctl.eval import knn, probe
+    from dermctl.runtime.device import compute_device
+
+    seen: list[str] = []
+    for mod, name in ((knn, "knn_fewshot"), (probe, "probe_fewshot")):
+        real = getattr(mod, name)
+
+        def spy(*a, _real=real, **kw):  # type: ignore[no-untyped-def]
+            seen.append(str(compute_device()))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(f"dermctl.eval.runner.{name}", spy)
+    result = ws / "results/knn/random-resnet10t/toy.json"
+    if not result.exists():  # the tests of this module may run in any order
+        assert run(ws, "knn", "--task", "toy", "--shots", "1,2,all", "--repeats", "3").exit_code == 0
+    before = result.read_bytes()
+    seen.clear()
+    # no GPU here: cuda is refused in one line before anything is read or written
+    one_line_error(run(ws, "knn", "--task", "toy", "--device", "cuda"), 6, "--device cuda", "no CUDA GPU")
+    one_line_error(run(ws, "probe", "--task", "toy", "--device", "tpu"), 2, "--device", "'tpu'")
+    assert result.read_bytes() == before and seen == []
+    # a GPU "present" (auto would pick it): --device cpu keeps every rule on the CPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    for cmd in ("knn", "probe"):
+        r = run(
+            ws,
+            "--json",
+            cmd,
+            "--task",
+            "toy",
+            "--shots",
+            "2,all",
+            "--repeats",
+            "2",
+            "--device",
+            "cpu",
+            "--force",
+        )
+        assert r.exit_code == 0, r.output
+    assert seen == ["cpu", "cpu"]
+
+
 def test_unknown_task_and_missing_embeddings(ws: Path) -> None:
     one_line_error(run(ws, "knn", "--task", "nope"), 3, "unknown task", "nope")
     one_line_error(run(ws, "probe", "--task", "toy", "--model", "ghost"), 3, "ghost")

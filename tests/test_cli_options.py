@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dermctl.cli.app import app
 
 runner = CliRunner()
-DEVICE_COMMANDS = ("pretrain", "finetune", "embed", "demo")
+DEVICE_COMMANDS = ("pretrain", "finetune", "embed", "knn", "probe", "demo")
 WORKER_COMMANDS = ("pretrain", "finetune", "embed")
 
 

@@ -7,7 +7,13 @@ import torch
 
 import dermctl.runtime.device as device_mod
 from dermctl.errors import UnavailableError, UsageError
-from dermctl.runtime.device import resolve_device, resolve_num_workers, resolve_precision
+from dermctl.runtime.device import (
+    compute_device,
+    computing_on,
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+)
 
 
 def test_device_values_every_command_accepts(monkeypatch):
@@ -61,3 +67,15 @@ def test_worker_count_from_the_cores(monkeypatch):
     assert resolve_num_workers(-1) == device_mod.MAX_WORKERS
     monkeypatch.setattr(device_mod, "available_cores", lambda: 1)
     assert resolve_num_workers(-1) == 0
+
+
+def test_compute_device_is_the_one_set_around_a_command(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compute_device() == torch.device("cuda")  # auto, outside any command
+    with computing_on(torch.device("cpu")):
+        assert compute_device() == torch.device("cpu")
+        with computing_on(torch.device("cuda", 1)):
+            assert compute_device() == torch.device("cuda", 1)
+        assert compute_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_device() == torch.device("cpu")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dermctl.cli.common import emit, get_state, handle_errors, make_progress, out_console, parse_csv_list
+from dermctl.cli.options import DeviceOption
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,6 +89,7 @@ def command(
             "test F1, max over repeats) -> results/knn-paper/.",
         ),
     ] = "honest",
+    device: DeviceOption = "auto",
 ) -> None:
     from dermctl.eval.fewshot import parse_shots
     from dermctl.eval.runner import evaluate_knn
@@ -122,6 +124,7 @@ def command(
             force=force,
             on_step=on_step,
             protocol=protocol,
+            device=device,
         )
     data = [s.__dict__ for s in summaries]
     title = "knn" if protocol == "honest" else "knn as published (optimistic: k chosen on test)"

@@ -8,6 +8,7 @@ import typer
 
 from dermctl.cli.common import emit, get_state, handle_errors, log, make_progress, out_console, parse_csv_list
 from dermctl.cli.knn import render_summaries
+from dermctl.cli.options import DeviceOption
 
 NAME = "probe"
 SHORT_HELP = "Linear probe on frozen cached features."
@@ -45,6 +46,7 @@ def command(
             "-> results/linear-paper/.",
         ),
     ] = "honest",
+    device: DeviceOption = "auto",
 ) -> None:
     from dermctl.eval.fewshot import parse_shots
     from dermctl.eval.runner import evaluate_probe
@@ -65,6 +67,7 @@ def command(
             on_step=lambda: progress.update(bar, advance=1),
             log=lambda m: log(state, m),
             protocol=protocol,
+            device=device,
         )
     data = [s.__dict__ for s in summaries]
     title = (

@@ -32,6 +32,7 @@ from dermctl.eval.fewshot import (
     repeats_for,
 )
 from dermctl.eval.metrics import macro_f1
+from dermctl.runtime.device import compute_device
 
 VOTES = ("weighted", "majority")
 NUMBA_MIN_PAIRS = 2_000_000  # query x train pairs from which the compiled CPU selection is used
@@ -58,12 +59,14 @@ def check_rule(k: int, temperature: float, vote: str) -> None:
 
 
 def _faiss_index(train: np.ndarray) -> Any:
-    """An exact inner-product index; on the GPU when this FAISS build has GPUs and CUDA is present."""
+    """An exact inner-product index; on the compute device's GPU when it is one and this FAISS build has
+    GPUs (a CPU-only FAISS build searches on the CPU: exact search gives the same neighbours)."""
     import faiss
 
     index = faiss.IndexFlatIP(train.shape[1])
-    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0 and torch.cuda.is_available():
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    dev = compute_device()
+    if dev.type == "cuda" and getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), dev.index or 0, index)
     index.add(train)
     return index
 
@@ -119,7 +122,8 @@ class KnnSweep:
     selects them for a whole batch of support sets in one compiled parallel loop
     (`dermctl.eval.support_topk`); "torch" gathers columns and runs torch.topk on `device` (the
     default on a GPU, and on a CPU for small problems, below NUMBA_MIN_PAIRS query x train pairs, where
-    numba's one-off compilation would cost more than it saves). `device` None picks cuda when present. Memory: n_query x n_train float32."""
+    numba's one-off compilation would cost more than it saves). `device` None: the compute device
+    (`dermctl.runtime.device.compute_device`, set by `--device`). Memory: n_query x n_train float32."""
 
     def __init__(
         self,
@@ -132,7 +136,7 @@ class KnnSweep:
     ) -> None:
         self.train_y = np.asarray(train_y, dtype=np.int64)
         self.n_classes = n_classes
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else compute_device()
         # numba pays ~12 s of compilation on a machine's first run; below NUMBA_MIN_PAIRS query x train
         # pairs torch's topk is as fast as that is worth (the two backends give identical predictions)
         small = len(query_x) * len(self.train_y) < NUMBA_MIN_PAIRS

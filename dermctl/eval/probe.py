@@ -45,6 +45,7 @@ import torch
 from dermctl.errors import UsageError
 from dermctl.eval.fewshot import ALL, Shots, check_shots, curve_point, draw_support, repeats_for
 from dermctl.eval.metrics import macro_f1
+from dermctl.runtime.device import compute_device
 
 # lam grid, strong to weak, half-decade steps: 1 ... 1e-6 (sklearn's C from 1e-4 to 1e2 for 10k images).
 LAM_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(0, -6, 13))
@@ -101,10 +102,6 @@ class LinearProbe:
 
     def predict(self, x: Any) -> np.ndarray:
         return np.argmax(self.logits(x), axis=1).astype(np.int64)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,7 +336,7 @@ def _fit_at(
     """(weight, bias, mean, std) at lam_path[-1], warm-started along lam_path as the search was, so the
     final fit lands where the search's fits did."""
     mean, std = standardiser(x)
-    dev = _device()
+    dev = compute_device()
     z = _tensors(x, mean, std, dev)
     zt = z.T.contiguous()
     yt = torch.from_numpy(y).to(dev)
@@ -361,7 +358,7 @@ def _select_on_val(
     max_iter: int,
 ) -> LinearProbe:
     mean, std = standardiser(x)
-    dev = _device()
+    dev = compute_device()
     z = _tensors(x, mean, std, dev)
     zt = z.T.contiguous()
     yt = torch.from_numpy(y).to(dev)
@@ -392,7 +389,7 @@ def _cv_scorer(
     one per fold, which matters because small probes are dominated by per-call overhead). The folds share
     the standardisation of train + val (feature statistics, no labels)."""
     mean, std = standardiser(x)
-    dev = _device()
+    dev = compute_device()
     z = _tensors(x, mean, std, dev)
     zt = z.T.contiguous()
     yt = torch.from_numpy(y).to(dev)

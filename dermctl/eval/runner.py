@@ -35,6 +35,7 @@ from dermctl.eval.published import (
 )
 from dermctl.provenance import sha256_file
 from dermctl.results import build_result, write_result
+from dermctl.runtime.device import computing_on, resolve_device
 from dermctl.workspace import Workspace
 
 
@@ -129,10 +130,13 @@ def run_protocol(
     log: Callable[[str], None] | None = None,
     skip: Sequence[str] = (),
     first: Callable[[Path], EvalSummary] | None = None,
+    device: str = "auto",
 ) -> list[EvalSummary]:
     """Validate the task and every model's inputs first, then run `rule` per model and record it.
     Model ids in `skip` are not loaded; `first` (the stratified baseline) runs on the task's manifest
-    after the checks and before the models."""
+    after the checks and before the models. The rules compute on `device` (auto | cpu | cuda | cuda:N,
+    `dermctl.runtime.device`), resolved before anything is read."""
+    dev = resolve_device(device)
     manifest_path = find_task(workspace.manifests, task)
     validate_task(read_manifest(manifest_path))  # labels: every class in train and test, before any work
     task_name = manifest_path.stem
@@ -142,7 +146,8 @@ def run_protocol(
         check_shots(shots, d.split("train")[1], d.class_names)
     out = [] if first is None else [first(manifest_path)]
     for d in data:
-        run = rule(d)
+        with computing_on(dev):
+            run = rule(d)
         if log is not None and run.note:
             log(f"{d.model_id}: {run.note}")
         out.append(
@@ -171,6 +176,7 @@ def evaluate_knn(
     force: bool = False,
     on_step: Callable[[], None] | None = None,
     protocol: str = "honest",
+    device: str = "auto",
 ) -> list[EvalSummary]:
     """`dermctl knn`: few-shot kNN curves and headline metrics -> results/knn/<model>/<task>.json.
 
@@ -228,6 +234,7 @@ def evaluate_knn(
         bootstrap=bootstrap,
         seed=seed,
         force=force,
+        device=device,
     )
 
 
@@ -244,6 +251,7 @@ def evaluate_probe(
     on_step: Callable[[], None] | None = None,
     log: Callable[[str], None] | None = None,
     protocol: str = "honest",
+    device: str = "auto",
 ) -> list[EvalSummary]:
     """`dermctl probe`: linear probe (plus few-shot curve) -> results/linear/<model>/<task>.json.
 
@@ -318,6 +326,7 @@ def evaluate_probe(
         log=log,
         skip=(STRATIFIED,),
         first=stratified if models and STRATIFIED in models else None,
+        device=device,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -40,6 +42,30 @@ def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UnavailableError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return dev
+
+
+# The device of frozen-feature evaluation (knn, probe): set by `computing_on` around a command, read deep
+# in the rules (the probe's L-BFGS, the kNN similarity matrix, the FAISS index) without a parameter on
+# every function in between.
+_COMPUTE_DEVICE: ContextVar[torch.device | None] = ContextVar("dermctl_compute_device", default=None)
+
+
+@contextlib.contextmanager
+def computing_on(device: torch.device) -> Iterator[torch.device]:
+    """Inside the block, `compute_device()` is `device`."""
+    token = _COMPUTE_DEVICE.set(device)
+    try:
+        yield device
+    finally:
+        _COMPUTE_DEVICE.reset(token)
+
+
+def compute_device() -> torch.device:
+    """The device set by `computing_on`; outside one, CUDA when present, else the CPU (`--device auto`)."""
+    dev = _COMPUTE_DEVICE.get()
+    if dev is not None:
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def enable_tf32() -> None:

@@ -23,6 +23,7 @@ from dermctl.eval.knn import knn_predict
 from dermctl.eval.metrics import macro_f1
 from dermctl.models.backbone import BackboneMeta, extract_features
 from dermctl.models.transforms import backbone_eval_transform
+from dermctl.runtime.device import computing_on
 
 
 class EpochLogs:
@@ -111,4 +112,5 @@ class KnnMonitor:
             model.train(was_training)
         train_y = np.array([y for _, y in self.train])
         val_y = np.array([y for _, y in self.val])
-        return knn_macro_f1(train_x, train_y, val_x, val_y, len(self.classes))
+        with computing_on(device):  # the FAISS index on the run's own GPU, not always GPU 0
+            return knn_macro_f1(train_x, train_y, val_x, val_y, len(self.classes))
