@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +151,14 @@ def test_finetune_writes_valid_result_and_run_folder(tmp_path: Path) -> None:
     assert res["provenance"]["versions"]["torch"] and res["inputs"]["manifest"]
     run = out.run_dir
     assert run == ws.runs / "finetune-random-resnet10t-tiny"
-    for name in ("last.pt", "best.pt", "metrics.csv", "config.json"):
+    for name in ("last.pt", "best.pt", "metrics.csv", "config.json", "run.json"):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     # checkpoints are plain containers: loadable without pickle code
     state = torch.load(run / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["done"] is True
+    assert state["epoch"] == 3 and state["batch"] == 0  # all three epochs completed
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # the backbone was trained too (handed over frozen, as resolve_model does), not only the head
     trained = {k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")}
     assert any(not torch.equal(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
@@ -188,7 +190,7 @@ def test_early_stopping_keeps_and_evaluates_best_epoch(tmp_path: Path) -> None:
     assert out.stopped_early == (out.epochs_run < 6)
     # best.pt really is that epoch's model: re-evaluating it on val reproduces the logged val loss
     state = torch.load(out.run_dir / "best.pt", weights_only=True)
-    assert state["epoch"] == best
+    assert state["epoch"] == best + 1  # epochs completed: the 1-based epoch whose weights it holds
     net = FinetuneModel(create_backbone("resnet10t", "random"), 3, make_loaded().meta)
     net.load_state_dict(state["model"])
     net.eval()
@@ -231,39 +233,102 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]
 
 
-def test_sigint_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tmp_path: Path, monkeypatch) -> None:
+def assert_same_run(full, resumed) -> None:  # type: ignore[no-untyped-def]
+    """Per-epoch numbers and the test metric of a resumed run equal the uninterrupted run's."""
+    for a, b in zip(full.history, resumed.history, strict=True):
+        for key in ("train_loss", "val_loss", "val_macro_f1", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]
+
+
+def on_fifth_train_batch(monkeypatch, act) -> None:  # type: ignore[no-untyped-def]
+    """Patch FinetuneModel.forward so that `act(out)` replaces the output of the 5th training forward
+    (epoch 2 of 3 batches per epoch, its second batch); `monkeypatch.undo()` restores it."""
+    from dermctl.train.finetune import FinetuneModel
+
+    forward = FinetuneModel.forward
+    calls = {"n": 0}
+
+    def patched(self, x):  # type: ignore[no-untyped-def]
+        out = forward(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return act(out)
+        return out
+
+    monkeypatch.setattr(FinetuneModel, "forward", patched)
+
+
+def sigint(out):  # type: ignore[no-untyped-def]
+    """As SLURM would: SIGINT to this process, mid-step."""
     import os
     import signal
 
+    os.kill(os.getpid(), signal.SIGINT)
+    return out
+
+
+def test_sigint_mid_epoch_checkpoints_and_resume_equals_uninterrupted(tmp_path: Path, monkeypatch) -> None:
     from dermctl.runtime.signals import RunInterrupted
-    from dermctl.train.finetune import FinetuneModel
 
     m_a = read_manifest(make_task(tmp_path / "a"))
     full = finetune(Workspace.at(tmp_path / "a"), m_a, make_loaded(seed=0), cfg())
 
     m_b = read_manifest(make_task(tmp_path / "b"))
     ws_b = Workspace.at(tmp_path / "b")
-    forward = FinetuneModel.forward
-    calls = {"n": 0}
-
-    def signalled_forward(self, x):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 5:  # epoch 2 (3 training batches per epoch), its second batch: as SLURM would
-                os.kill(os.getpid(), signal.SIGINT)
-        return forward(self, x)
-
-    monkeypatch.setattr(FinetuneModel, "forward", signalled_forward)
+    on_fifth_train_batch(monkeypatch, sigint)
     with pytest.raises(RunInterrupted, match="after batch 2"):
         finetune(ws_b, m_b, make_loaded(seed=0), cfg())
-    monkeypatch.setattr(FinetuneModel, "forward", forward)
+    monkeypatch.undo()
     state = torch.load(ws_b.runs / "finetune-random-resnet10t-tiny" / "last.pt", weights_only=True)
-    assert (state["epoch"], state["batch"], len(state["history"])) == (0, 2, 1)  # a mid-epoch checkpoint
+    # a mid-epoch checkpoint: one epoch completed, two batches of the second trained
+    assert (state["epoch"], state["batch"], len(state["history"])) == (1, 2, 1)
     resumed = finetune(ws_b, m_b, make_loaded(seed=1), cfg(), resume=True)
-    for a, b in zip(full.history, resumed.history, strict=True):
-        for key in ("train_loss", "val_loss", "val_macro_f1", "lr"):
-            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
-    assert full.payload["metrics"]["macro_f1"] == resumed.payload["metrics"]["macro_f1"]
+    assert_same_run(full, resumed)
+
+
+def test_a_checkpoint_of_dermctl_0_2_still_resumes(tmp_path: Path, monkeypatch) -> None:
+    """0.1.0/0.2 fine-tuning checkpoints counted `epoch` from 0 (the last completed one), kept the early
+    stopping state under `early_stop` and the partial epoch as [loss sum, images]."""
+    from dermctl.runtime.checkpoint import save_checkpoint
+    from dermctl.runtime.signals import RunInterrupted
+
+    m_a = read_manifest(make_task(tmp_path / "a"))
+    full = finetune(Workspace.at(tmp_path / "a"), m_a, make_loaded(seed=0), cfg())
+    m_b = read_manifest(make_task(tmp_path / "b"))
+    ws_b = Workspace.at(tmp_path / "b")
+    on_fifth_train_batch(monkeypatch, sigint)
+    with pytest.raises(RunInterrupted):
+        finetune(ws_b, m_b, make_loaded(seed=0), cfg())
+    monkeypatch.undo()
+    last = ws_b.runs / "finetune-random-resnet10t-tiny" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    old = {k: v for k, v in state.items() if k not in ("format", "early_stopping", "iteration")}
+    old.update(
+        epoch=state["epoch"] - 1,
+        early_stop=state["early_stopping"],
+        partial=[state["partial"]["loss_sum"], state["partial"]["n"]],
+        done=False,
+    )
+    save_checkpoint(old, last)
+    resumed = finetune(ws_b, m_b, make_loaded(seed=1), cfg(), resume=True)
+    assert_same_run(full, resumed)
+
+
+def test_a_bad_loss_keeps_the_last_good_state_and_says_diverged(tmp_path: Path, monkeypatch) -> None:
+    from dermctl.errors import TrainingError
+
+    m = read_manifest(make_task(tmp_path))
+    ws = Workspace.at(tmp_path)
+    on_fifth_train_batch(monkeypatch, lambda out: out * float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2.*--head-lr"):
+        finetune(ws, m, make_loaded(seed=0), cfg())
+    run = ws.runs / "finetune-random-resnet10t-tiny"
+    assert json.loads((run / "run.json").read_text())["status"] == "diverged"
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"]) == (1, 1)  # the one good batch of epoch 2 is kept
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_vit_head_sits_on_the_probes_features_cls4() -> None:

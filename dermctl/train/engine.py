@@ -1,9 +1,11 @@
-"""The one training engine shared by every pretraining method (`dermctl pretrain`).
+"""Pretraining (`dermctl pretrain`): every method, as a task of the one training loop
+(`dermctl.train.loop`, which fine-tuning runs on too).
 
-The loop follows the official DINO code (per-iteration lr / weight-decay / EMA-momentum schedules as
+The step follows the official DINO code (per-iteration lr / weight-decay / EMA-momentum schedules as
 precomputed arrays; lr scaled by global batch / 256 where the method asks for it) with the study's
 protocol from Gröger et al.: validation loss every epoch and early stopping after `patience` (5) epochs
-without improvement; the exported backbone is the one of the best validation epoch.
+without improvement. The exported backbone is the last epoch's (`export_epoch = "last"`, as the authors'
+released weights; "best": the lowest val loss).
 
 Run folder `runs/<name>/` (see docs/pretrain.md):
     config.json            resolved config + provenance (command, versions, data manifests' hashes, excluded)
@@ -11,7 +13,7 @@ Run folder `runs/<name>/` (see docs/pretrain.md):
     run.json               status, best epoch, epochs run
     checkpoints/last.pt    full training state (+ .sha256), each epoch and on interruption
     checkpoints/best.pt    the same state at the best val loss
-    backbone.safetensors   exported student backbone of the best epoch (+ backbone.json)
+    backbone.safetensors   exported backbone of the exported epoch (+ backbone.json)
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import contextlib
 import math
 import random
 import re
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from dermctl.data.manifest import find_task
 from dermctl.errors import (
     ConflictError,
     DataError,
-    DermctlError,
     TrainingError,
     UnavailableError,
     UsageError,
@@ -43,7 +42,7 @@ from dermctl.methods.base import PretrainMethod, StepContext
 from dermctl.methods.registry import get_method
 from dermctl.models.backbone import check_backbone_name, check_init, export_backbone
 from dermctl.provenance import provenance
-from dermctl.runtime.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint, snapshot
+from dermctl.runtime.checkpoint import load_checkpoint, snapshot
 from dermctl.runtime.device import (
     autocast,
     enable_tf32,
@@ -62,7 +61,7 @@ from dermctl.runtime.distributed import (
 )
 from dermctl.runtime.early_stopping import EarlyStopping
 from dermctl.runtime.schedules import constant_schedule, cosine_schedule
-from dermctl.runtime.signals import RunInterrupted, StopFlag, stop_on_signals
+from dermctl.runtime.signals import RunInterrupted
 from dermctl.train.clipping import clip_gradients
 from dermctl.train.config import resume_differences, validate_config
 from dermctl.train.data import (
@@ -77,31 +76,18 @@ from dermctl.train.data import (
     pretrain_datasets,
 )
 from dermctl.train.health import EpochLogs, KnnMonitor
+from dermctl.train.loop import EpochEnd, LoopTask, StepUpdate, TrainingLoop, load_states
 from dermctl.workspace import (
     DONE_STATUSES,
     RunFolder,
     Workspace,
     atomic_write_json,
     read_json,
-    write_rows_csv,
 )
 
 BASE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "weight_decay", "momentum")
 TAIL_COLUMNS = ("monitor_knn_f1", "collapsed", "seconds", "images_per_s", "data_wait_share")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-@dataclass
-class StepUpdate:
-    """What the progress callback receives after every training step."""
-
-    epoch: int  # 1-based
-    epochs: int
-    batch: int  # 1-based within the epoch
-    batches: int
-    loss: float
-    images_per_s: float
-    data_wait_share: float
 
 
 @dataclass
@@ -235,22 +221,6 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
-def _batches(loader: Any, flag: StopFlag) -> Iterator[Any]:
-    """Iterate a loader; an error re-raised from a worker process keeps its one-line message, and workers
-    ended by the same Ctrl-C that set `flag` end the epoch quietly (the caller checkpoints)."""
-    try:
-        yield from loader
-    except RuntimeError:
-        if flag.signum is None:
-            raise
-    except DermctlError as exc:
-        if "\n" not in exc.message:
-            raise
-        last = exc.message.strip().splitlines()[-1]
-        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-        raise type(exc)(last.removeprefix(prefix)) from None
-
-
 def _batch_len(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0])
@@ -259,30 +229,6 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, list | tuple):
         return _batch_len(batch[0])
     return 1
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
-
-
-def metrics_columns(history: list[dict[str, Any]]) -> list[str]:
-    middle: list[str] = []
-    for row in history:
-        for k in row:
-            if k not in BASE_COLUMNS and k not in TAIL_COLUMNS and k not in middle:
-                middle.append(k)
-    return [*BASE_COLUMNS, *middle, *TAIL_COLUMNS]
-
-
-def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    cols = metrics_columns(history)
-    write_rows_csv(path, cols, [[_fmt(row.get(c)) for c in cols] for row in history])
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -305,255 +251,147 @@ class _RunParts:
     monitor: KnnMonitor | None
 
 
-class _Trainer:
-    """State of one run; `pretrain()` is the public entry point."""
+class _PretrainTask(LoopTask):
+    """Pretraining as a `LoopTask`: the method's step, its schedules, validation and the health checks."""
+
+    monitored = "val loss"
+    divergence_hint = "lower lr or set clip_grad in a new run, or --resume"
 
     def __init__(
         self,
         cfg: dict[str, Any],
-        workspace: Workspace,
         name: str,
         device: torch.device,
         dist: Dist,
         parts: _RunParts,
         log: Callable[[str], None],
-        progress: Callable[[StepUpdate], None] | None,
     ) -> None:
-        self.cfg, self.workspace, self.name, self.device, self.dist = cfg, workspace, name, device, dist
-        self.log, self.progress = log, progress
+        self.cfg, self.name, self.device, self.dist, self.log = cfg, name, device, dist, log
         self.method, self.model, self.optimizer = parts.method, parts.model, parts.optimizer
         self.train_ds, self.val_ds = parts.train_ds, parts.val_ds
         self.batch_size, self.ipe, self.workers = parts.batch_size, parts.ipe, parts.workers
         self.sched, self.method_sched, self.monitor = parts.sched, parts.method_sched, parts.monitor
-        self.folder = RunFolder.pretraining(workspace.runs / name)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.amp_dtype, use_scaler = resolve_precision(cfg["precision"], device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.history: list[dict[str, Any]] = []
-        self.stopper = EarlyStopping(cfg["patience"], cfg["min_delta"])
-        self.exported_epoch = 0
-        self.epoch = 0  # next epoch to run (0-based)
-        self.batch = 0  # batches of `epoch` already trained on (mid-epoch checkpoints)
-        self.partial: dict[str, Any] | None = None  # accumulators of a partly trained epoch
         self.collapsed_epochs: list[int] = []
         self.warnings: list[str] = []
-        self.flag = StopFlag()
-        self.writer = CheckpointWriter()
         self.val_cache: list[Any] | None = None  # the val batches, when they fit in VAL_CACHE_BYTES
-        self.last_status: str | None = None  # what run.json says now (written by this process)
+        self.exported_epoch = 0
+        self.ctx: StepContext | None = None  # the step in progress
 
-    @property
-    def run_dir(self) -> Path:
-        return self.folder.root
-
-    # -- persistence ---------------------------------------------------------------------------
-    def state(self, acc: dict[str, Any] | None) -> dict[str, Any]:
+    # -- checkpoint ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
         return {
             "format": "dermctl-pretrain-checkpoint/1",
             "method": self.cfg["method"],
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "iteration": self.epoch * self.ipe + self.batch,
-            "partial": acc,
-            "early_stopping": self.stopper.state_dict(),
-            "history": self.history,
             "collapsed_epochs": list(self.collapsed_epochs),
             "world_size": self.dist.world_size,
             "global_batch": self.batch_size * self.dist.world_size,
             "rng": _rng_state(),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], path: Path) -> bool:
         if state.get("method") != self.cfg["method"]:
             raise DataError(
-                f"{self.folder.last}: checkpoint of method {state.get('method')!r}, not {self.cfg['method']!r}"
+                f"{path}: checkpoint of method {state.get('method')!r}, not {self.cfg['method']!r}"
             )
-        try:
-            self.method.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise DataError(
-                f"{self.folder.last}: does not fit this run's model: {str(exc).splitlines()[0][:160]}"
-            ) from exc
+        load_states(path, state, model=self.method, optimizer=self.optimizer)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self.partial = state["partial"]
+        self.collapsed_epochs = list(state["collapsed_epochs"])
+        _set_rng_state(state["rng"])
         global_batch = self.batch_size * self.dist.world_size
         saved_batch = int(state.get("global_batch", global_batch))
-        if saved_batch != global_batch and self.batch:
+        if saved_batch != global_batch and int(state["batch"]):
             # The b-th global batch of an epoch depends only on (seed, epoch, global batch), not on the
             # world size; with another global batch the partial epoch cannot be continued: redo it.
             self.log(
                 f"checkpoint taken with a global batch of {saved_batch}, resuming with {global_batch}: "
-                f"epoch {self.epoch + 1} restarts from its first batch"
+                f"epoch {int(state['epoch']) + 1} restarts from its first batch"
             )
-            self.batch, self.partial = 0, None
-        self.stopper.load_state_dict(state["early_stopping"])
-        self.history = list(state["history"])
-        self.collapsed_epochs = list(state["collapsed_epochs"])
-        _set_rng_state(state["rng"])
+            return False
+        return True
 
-    def save(self, acc: dict[str, Any] | None, *, best: bool = False, background: bool = False) -> None:
-        """Checkpoint the run to last.pt (and best.pt). `background`: written while the next epoch
-        trains (epoch ends); otherwise on disk when this returns (interruption, divergence)."""
-        if not self.dist.is_main:
-            return
-        state = self.state(acc)
-        copies = [self.folder.best] if best else []
-        if background:
-            self.writer.submit(state, self.folder.last, copies)
-        else:
-            self.writer.wait()
-            save_checkpoint(state, self.folder.last, copies)
+    def status_record(self, status: str, message: str, loop: TrainingLoop) -> dict[str, Any]:
+        best = loop.stopper.best
+        return {
+            "name": self.name,
+            "method": self.cfg["method"],
+            "status": status,
+            "epochs": self.cfg["epochs"],
+            "epochs_run": len(loop.history),
+            "iterations": loop.iteration,
+            "best_epoch": loop.stopper.best_epoch + 1,
+            "best_val_loss": best if math.isfinite(best) else None,
+            "collapsed_epochs": [e + 1 for e in self.collapsed_epochs],
+            "message": message,
+        }
 
-    def write_run(self, status: str, message: str = "") -> None:
-        if not self.dist.is_main:
-            return
-        best = self.stopper.best
-        self.last_status = None  # unknown until the write below succeeds
-        atomic_write_json(
-            self.folder.status,
-            {
-                "name": self.name,
-                "method": self.cfg["method"],
-                "status": status,
-                "epochs": self.cfg["epochs"],
-                "epochs_run": len(self.history),
-                "iterations": self.epoch * self.ipe + self.batch,
-                "best_epoch": self.stopper.best_epoch + 1,
-                "best_val_loss": best if math.isfinite(best) else None,
-                "collapsed_epochs": [e + 1 for e in self.collapsed_epochs],
-                "message": message,
-            },
-        )
-        self.last_status = status
+    def metrics_columns(self, history: list[dict[str, Any]]) -> list[str]:
+        middle: list[str] = []
+        for row in history:
+            for k in row:
+                if k not in BASE_COLUMNS and k not in TAIL_COLUMNS and k not in middle:
+                    middle.append(k)
+        return [*BASE_COLUMNS, *middle, *TAIL_COLUMNS]
 
-    def failed(self, exc: BaseException) -> None:
-        """After an error that wrote no status of its own (a full disk, a bad image, a second Ctrl-C),
-        run.json must not stay "running": it says "interrupted" with the error (--resume continues from
-        the last checkpoint); when even that cannot be written (the disk is full), it is removed."""
-        if not self.dist.is_main:
-            return
-        with contextlib.suppress(BaseException):  # a write in flight ends before the status is told
-            self.writer.wait()
-        if self.last_status not in ("running", None):
-            return
-        if self.last_status is None and not self.folder.status.is_file():
-            return
-        text = exc.message if isinstance(exc, DermctlError) else f"{type(exc).__name__}: {exc}"
-        line = (text.strip().splitlines() or ["interrupted"])[0][:300]
-        try:
-            self.write_run("interrupted", f"stopped by an error: {line}; fix it, then continue with --resume")
-        except (DermctlError, OSError):
-            with contextlib.suppress(OSError):
-                self.folder.status.unlink()
-
-    # -- one epoch -----------------------------------------------------------------------------
+    # -- one step ------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.amp_dtype)
 
-    def train_epoch(self) -> dict[str, Any]:
-        cfg, epoch = self.cfg, self.epoch
-        acc = self.partial or {
-            "loss_sum": 0.0,
-            "n": 0,
-            "logs": EpochLogs().state_dict(),
-            "seconds": 0.0,
-            "wait": 0.0,
-        }
-        logs = EpochLogs()
-        logs.load_state_dict(acc["logs"])
-        order = self.dist.shard(epoch_order(len(self.train_ds), cfg["seed"], epoch))
-        batches = epoch_batches(order, self.batch_size, epoch, drop_last=True, skip=self.batch)
-        gen = torch.Generator().manual_seed(cfg["seed"] * 1000003 + epoch)  # keeps the global RNG untouched
+    def batches_per_epoch(self) -> int:
+        return self.ipe
+
+    def epoch_batches(self, epoch: int, skip: int) -> Iterable[Any]:
+        order = self.dist.shard(epoch_order(len(self.train_ds), self.cfg["seed"], epoch))
+        batches = epoch_batches(order, self.batch_size, epoch, drop_last=True, skip=skip)
+        gen = torch.Generator().manual_seed(
+            self.cfg["seed"] * 1000003 + epoch
+        )  # keeps the global RNG untouched
         loader = make_loader(self.train_ds, batches, self.workers, self.device.type == "cuda", gen)
         self.method.train()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        world = self.dist.world_size
-        t_start = time.perf_counter()
-        seconds0 = acc["seconds"]
-        t0 = t_start
-        for b, batch in enumerate(_batches(loader, self.flag), start=self.batch):
-            wait = time.perf_counter() - t0
-            acc["wait"] += wait
-            it = epoch * self.ipe + b
-            ctx = StepContext(
-                it=it,
-                epoch=epoch,
-                training=True,
-                lr=float(self.sched["lr"][it]),
-                weight_decay=float(self.sched["weight_decay"][it]),
-                momentum=float(self.sched["momentum"][it]),
-            )
-            for g in self.optimizer.param_groups:
-                g["lr"] = ctx.lr * g["lr_scale"]
-                g["weight_decay"] = ctx.weight_decay if g["apply_wd"] else 0.0
-            batch = _to_device(batch, self.device)
-            with torch.no_grad():  # batched photometric views on the device (a no-op unless gpu_augment)
-                batch = self.method.device_augment(batch, ctx)
-            with self.autocast():
-                loss, step_logs = self.model(batch, ctx)  # DDP averages gradients in backward
-            loss_value = self.dist.all_reduce_mean(float(loss.detach().float().item()), self.device)
-            if not math.isfinite(loss_value):
-                self.diverged(loss_value, b, acc)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg["clip_grad"] > 0:  # clip first, then the method's hook (DINO cancels last-layer grads)
-                self.scaler.unscale_(self.optimizer)
-                clip_gradients(params, cfg["clip_grad"], cfg.get("clip_mode", "global"))
-            self.method.before_optimizer_step(ctx)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.after_optimizer_step(ctx)
-            n = _batch_len(batch) * world  # images of the global batch
-            acc["loss_sum"] += loss_value * n
-            acc["n"] += n
-            logs.add({k: float(v) for k, v in step_logs.items()}, n)
-            acc["logs"] = logs.state_dict()
-            now = time.perf_counter()
-            acc["seconds"] = seconds0 + (now - t_start)
-            self.batch = b + 1
-            if self.progress is not None:
-                secs = max(acc["seconds"], 1e-9)
-                self.progress(
-                    StepUpdate(
-                        epoch + 1,
-                        cfg["epochs"],
-                        b + 1,
-                        self.ipe,
-                        loss_value,
-                        acc["n"] / secs,
-                        acc["wait"] / secs,
-                    )
-                )
-            if self.flag.signum is not None:
-                self.interrupted(acc)
-            t0 = time.perf_counter()
-        return acc
+        return loader
 
-    def diverged(self, loss_value: float, b: int, acc: dict[str, Any]) -> None:
-        # The parameters have not been stepped with the bad loss: the current state is the last good one.
-        self.batch = b
-        self.save(acc)
-        msg = (
-            f"loss became {loss_value} at epoch {self.epoch + 1}, iteration {self.epoch * self.ipe + b}; "
-            f"resumable checkpoint {self.folder.last} (lower lr or set clip_grad in a new run, or --resume)"
+    def forward(self, batch: Any, epoch: int, b: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        it = epoch * self.ipe + b
+        ctx = self.ctx = StepContext(
+            it=it,
+            epoch=epoch,
+            training=True,
+            lr=float(self.sched["lr"][it]),
+            weight_decay=float(self.sched["weight_decay"][it]),
+            momentum=float(self.sched["momentum"][it]),
         )
-        self.write_run("diverged", msg)
-        raise TrainingError(msg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = ctx.lr * g["lr_scale"]
+            g["weight_decay"] = ctx.weight_decay if g["apply_wd"] else 0.0
+        batch = _to_device(batch, self.device)
+        with torch.no_grad():  # batched photometric views on the device (a no-op unless gpu_augment)
+            batch = self.method.device_augment(batch, ctx)
+        with self.autocast():
+            loss, step_logs = self.model(batch, ctx)  # DDP averages gradients in backward
+        return loss, step_logs, _batch_len(batch)
 
-    def interrupted(self, acc: dict[str, Any] | None) -> None:
-        self.save(acc)
-        sig = signal.Signals(self.flag.signum).name if self.flag.signum else "signal"
-        msg = f"interrupted by {sig} at epoch {self.epoch + 1}, batch {self.batch}; checkpoint written, continue with --resume"
-        self.write_run("interrupted", msg)
-        raise RunInterrupted(msg)
+    def optimize(self, loss: torch.Tensor, epoch: int, b: int) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg["clip_grad"] > 0:  # clip first, then the method's hook (DINO cancels last-layer grads)
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.params, self.cfg["clip_grad"], self.cfg.get("clip_mode", "global"))
+        self.method.before_optimizer_step(ctx)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_optimizer_step(ctx)
 
+    # -- epoch end -----------------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self, epoch: int) -> float:
         """Mean val loss with fixed views and a fixed RNG so epochs are comparable; no state changes."""
         self.method.eval()
         # Sharded like training (padded to equal lengths, so every rank runs the same collectives).
@@ -583,12 +421,7 @@ class _Trainer:
                     else:
                         keep = None
                 ctx = StepContext(
-                    it=self.epoch * self.ipe,
-                    epoch=self.epoch,
-                    training=False,
-                    lr=0.0,
-                    weight_decay=0.0,
-                    momentum=1.0,
+                    it=epoch * self.ipe, epoch=epoch, training=False, lr=0.0, weight_decay=0.0, momentum=1.0
                 )
                 batch = _to_device(batch, self.device)
                 with torch.no_grad():
@@ -614,81 +447,56 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]), self.autocast():
             return self.monitor.score(module, meta, self.device)
 
-    # -- the run -------------------------------------------------------------------------------
-    def run(self, epochs_log: Callable[[dict[str, Any]], None]) -> str:
+    def end_epoch(self, epoch: int, acc: dict[str, Any]) -> EpochEnd:
         cfg = self.cfg
-        status = "running"
-        with stop_on_signals(self.flag):
-            while self.epoch < cfg["epochs"]:
-                acc = self.train_epoch()
-                epoch = self.epoch
-                if self.flag.signum is not None:
-                    self.interrupted(acc)
-                validated = (epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]
-                val_loss = self.validate() if validated else math.nan
-                means = EpochLogs()
-                means.load_state_dict(acc["logs"])
-                epoch_logs = means.means()
-                reason = self.method.collapse_reason(epoch_logs)
-                if reason:
-                    self.collapsed_epochs.append(epoch)
-                    self.warnings.append(f"epoch {epoch + 1}: representation collapse: {reason}")
-                    self.log(f"[yellow]warning:[/] epoch {epoch + 1}: representation collapse: {reason}")
-                knn = None
-                if self.monitor is not None and (
-                    (epoch + 1) % cfg["monitor_every"] == 0 or epoch + 1 == cfg["epochs"]
-                ):
-                    knn = self.monitor_score()
-                it_last = min((epoch + 1) * self.ipe - 1, len(self.sched["lr"]) - 1)
-                secs = max(acc["seconds"], 1e-9)
-                row: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "train_loss": acc["loss_sum"] / max(acc["n"], 1),
-                    "val_loss": val_loss,
-                    "lr": float(self.sched["lr"][it_last]),
-                    "weight_decay": float(self.sched["weight_decay"][it_last]),
-                    "momentum": float(self.sched["momentum"][it_last]),
-                }
-                for k, arr in self.method_sched.items():
-                    row[k if k not in row else f"sched_{k}"] = float(arr[min(it_last, len(arr) - 1)])
-                for k, v in epoch_logs.items():
-                    row[k if k not in row and k not in TAIL_COLUMNS else f"log_{k}"] = v
-                row.update(
-                    monitor_knn_f1=knn,
-                    collapsed=bool(reason),
-                    seconds=acc["seconds"],
-                    images_per_s=acc["n"] / secs,
-                    data_wait_share=acc["wait"] / secs,
-                )
-                self.history.append(row)
-                improved = self.stopper.step(val_loss, epoch) if validated else False
-                self.epoch, self.batch, self.partial = epoch + 1, 0, None
-                if self.dist.is_main:
-                    write_metrics(self.folder.metrics, self.history)
-                self.save(None, best=improved, background=True)
-                self.write_run("running")
-                epochs_log(row)
-                if self.stopper.should_stop:
-                    status = "early_stopped"
-                    self.log(f"early stopping: val loss has not improved for {self.stopper.patience} epochs")
-                    break
-                if self.flag.signum is not None:  # arrived during validation or the monitor
-                    self.interrupted(None)
-        if status == "running":
-            status = "finished"
-        if self.collapsed_epochs:
-            status = "collapsed"
-        return status
+        validated = (epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]
+        val_loss = self.validate(epoch) if validated else math.nan
+        means = EpochLogs()
+        means.load_state_dict(acc["logs"])
+        epoch_logs = means.means()
+        reason = self.method.collapse_reason(epoch_logs)
+        if reason:
+            self.collapsed_epochs.append(epoch)
+            self.warnings.append(f"epoch {epoch + 1}: representation collapse: {reason}")
+            self.log(f"[yellow]warning:[/] epoch {epoch + 1}: representation collapse: {reason}")
+        knn = None
+        if self.monitor is not None and (
+            (epoch + 1) % cfg["monitor_every"] == 0 or epoch + 1 == cfg["epochs"]
+        ):
+            knn = self.monitor_score()
+        it_last = min((epoch + 1) * self.ipe - 1, len(self.sched["lr"]) - 1)
+        secs = max(acc["seconds"], 1e-9)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": acc["loss_sum"] / max(acc["n"], 1),
+            "val_loss": val_loss,
+            "lr": float(self.sched["lr"][it_last]),
+            "weight_decay": float(self.sched["weight_decay"][it_last]),
+            "momentum": float(self.sched["momentum"][it_last]),
+        }
+        for k, arr in self.method_sched.items():
+            row[k if k not in row else f"sched_{k}"] = float(arr[min(it_last, len(arr) - 1)])
+        for k, v in epoch_logs.items():
+            row[k if k not in row and k not in TAIL_COLUMNS else f"log_{k}"] = v
+        row.update(
+            monitor_knn_f1=knn,
+            collapsed=bool(reason),
+            seconds=acc["seconds"],
+            images_per_s=acc["n"] / secs,
+            data_wait_share=acc["wait"] / secs,
+        )
+        return EpochEnd(val_loss if validated else None, row)
 
-    def export(self, status: str) -> Path | None:
+    # -- the result ----------------------------------------------------------------------------
+    def export(self, status: str, loop: TrainingLoop) -> Path | None:
         if not self.dist.is_main:
             return None
         # The weights in memory are the last epoch's (just saved as last.pt, or loaded by --resume).
-        exported = self.epoch
+        exported = loop.epoch
         if self.cfg["export_epoch"] == "best":
-            self.writer.wait()  # best.pt may be the checkpoint still being written
-            best = self.folder.best
-            if best.is_file() and self.stopper.best_epoch + 1 != self.epoch:
+            loop.finish()  # best.pt may be the checkpoint still being written
+            best = loop.folder.best
+            if best.is_file() and loop.stopper.best_epoch + 1 != loop.epoch:
                 state = load_checkpoint(best)
                 self.method.load_state_dict(state["model"])
                 # what the file holds, should a kill between last.pt and best.pt have left an older best
@@ -700,14 +508,14 @@ class _Trainer:
             **meta.extra,
             "method": self.cfg["method"],
             "run": self.name,
-            "best_epoch": self.stopper.best_epoch + 1,
+            "best_epoch": loop.stopper.best_epoch + 1,
             "exported_epoch": exported,
             "status": status,
             "config": self.cfg,
         }
         # exported from memory while the last checkpoint is still being written
-        path = export_backbone(module, self.run_dir, meta)
-        self.writer.wait()  # the last epoch's checkpoint is on disk before the run counts as done
+        path = export_backbone(module, loop.folder.root, meta)
+        loop.finish()  # the last epoch's checkpoint is on disk before the run counts as done
         return path
 
 
@@ -954,7 +762,28 @@ def _pretrain_locked(
         method_sched={k: np.asarray(v) for k, v in method.schedules(cfg["epochs"], ipe).items()},
         monitor=monitor,
     )
-    tr = _Trainer(cfg, workspace, name, dev, dist, parts, say, progress)
+    task = _PretrainTask(cfg, name, dev, dist, parts, say)
+
+    def epoch_line(_epoch: int, row: dict[str, Any], _improved: bool) -> None:
+        val = row["val_loss"]
+        say(
+            f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f}"
+            + (f", val loss {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "")
+            + (f", kNN macro-F1 {row['monitor_knn_f1']:.3f}" if row.get("monitor_knn_f1") is not None else "")
+            + f", {row['images_per_s']:.1f} img/s"
+        )
+
+    loop = TrainingLoop(
+        task,
+        epochs=cfg["epochs"],
+        stopper=EarlyStopping(cfg["patience"], cfg["min_delta"]),
+        folder=folder,
+        dist=dist,
+        device=dev,
+        log=say,
+        progress=progress,
+        on_epoch_end=epoch_line,
+    )
 
     data_record = {
         "train_images": len(pdata.train),
@@ -966,8 +795,10 @@ def _pretrain_locked(
         "skipped_task_manifests": pdata.skipped_task_manifests,
     }
     if resume:
-        tr.restore(load_checkpoint(last))
-        say(f"resuming {name} at epoch {tr.epoch + 1}" + (f", batch {tr.batch + 1}" if tr.batch else ""))
+        loop.restore(load_checkpoint(last), last)
+        say(
+            f"resuming {name} at epoch {loop.epoch + 1}" + (f", batch {loop.batch + 1}" if loop.batch else "")
+        )
         if dist.is_main:
             record = read_json(folder.config)
             record.setdefault("resumed", []).append(
@@ -988,43 +819,36 @@ def _pretrain_locked(
             "iterations_per_epoch": ipe,
         }
         atomic_write_json(folder.config, record)
-    tr.write_run("running")
-
-    def epoch_line(row: dict[str, Any]) -> None:
-        val = row["val_loss"]
-        say(
-            f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f}"
-            + (f", val loss {val:.4f}" if isinstance(val, float) and math.isfinite(val) else "")
-            + (f", kNN macro-F1 {row['monitor_knn_f1']:.3f}" if row.get("monitor_knn_f1") is not None else "")
-            + f", {row['images_per_s']:.1f} img/s"
-        )
+    loop.write_status("running")
 
     try:
         try:
-            status = tr.run(epoch_line)
+            status = loop.run()
         finally:  # persistent loader workers end with the run, also when it stops early or fails
-            close_loaders(tr.train_ds)
-            close_loaders(tr.val_ds)
-        dump_state_hash(tr.method, dist, {"history": tr.history})
-        backbone = tr.export(status)
-        tr.write_run(status, "; ".join(tr.warnings))
+            close_loaders(task.train_ds)
+            close_loaders(task.val_ds)
+        if task.collapsed_epochs:
+            status = "collapsed"
+        dump_state_hash(task.method, dist, {"history": loop.history})
+        backbone = task.export(status, loop)
+        loop.write_status(status, "; ".join(task.warnings))
     except BaseException as exc:
-        tr.failed(exc)
+        loop.failed(exc)
         raise
-    best = tr.stopper.best
+    best = loop.stopper.best
     return RunSummary(
         name=name,
         run_dir=run_dir,
         status=status,
-        epochs_run=len(tr.history),
-        best_epoch=tr.stopper.best_epoch + 1,
+        epochs_run=len(loop.history),
+        best_epoch=loop.stopper.best_epoch + 1,
         best_val_loss=best if math.isfinite(best) else None,
         train_images=len(pdata.train),
         val_images=len(pdata.val),
         excluded=pdata.excluded,
         backbone=backbone,
-        warnings=tr.warnings,
-        exported_epoch=tr.exported_epoch,
+        warnings=task.warnings,
+        exported_epoch=task.exported_epoch,
     )
 
 

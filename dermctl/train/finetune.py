@@ -18,19 +18,23 @@ Recipe (the task's documented choices):
     early stop    on val macro-F1 (default) or val loss, `patience` epochs without improvement.
 
 Run folder `runs/finetune-<model_id>-<task>/`: config.json (config + provenance), metrics.csv (one row per
-epoch), last.pt (resumable: model, optimiser, history, early-stopping state) and best.pt (model state of the
-best epoch), each with its `.sha256` sidecar (`dermctl.runtime.checkpoint`: plain containers only, the hash
-checked before `torch.load(weights_only=True)`; an altered file is refused, never loaded). Images are
-checked against the manifest's sha256 before training (`dermctl.data.verify`). Each epoch is seeded from
-(seed, epoch) so a resumed run repeats the uninterrupted one exactly on the same device.
+epoch), run.json (status, as pretraining's), last.pt (resumable: model, optimiser, history, early-stopping
+state, the position in the epoch) and best.pt (the same state at the best val epoch), each with its
+`.sha256` sidecar (`dermctl.runtime.checkpoint`: plain containers only, the hash checked before
+`torch.load(weights_only=True)`; an altered file is refused, never loaded). Training runs on the one loop
+of `dermctl.train.loop`, as pretraining does: interruption, divergence, resume, early stopping and
+background checkpoint writes behave the same in both. Images are checked against the manifest's sha256
+before training (`dermctl.data.verify`). Each epoch is seeded from (seed, epoch) so a resumed run repeats
+the uninterrupted one exactly on the same device; checkpoints of dermctl <= 0.2 still resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,23 +47,24 @@ from torch.utils.data import DataLoader, Dataset
 from dermctl.data.images import open_rgb
 from dermctl.data.manifest import Manifest, Row, fill_hashes, find_task, read_manifest, validate_task
 from dermctl.data.verify import verify_images
-from dermctl.errors import ConflictError, DataError, TrainingError, UsageError
+from dermctl.errors import ConflictError, DataError, UsageError
 from dermctl.eval.metrics import by_group, classification_report, macro_f1
 from dermctl.eval.models import resolve_model
 from dermctl.models.backbone import BackboneMeta, extract_features, feature_dim
 from dermctl.models.transforms import eval_transform, normaliser
 from dermctl.provenance import provenance, sha256_file
 from dermctl.results import build_result, write_result
-from dermctl.runtime.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from dermctl.runtime.checkpoint import load_checkpoint, sidecar_path
 from dermctl.runtime.device import autocast, resolve_device, resolve_num_workers
 from dermctl.runtime.distributed import Dist, dist_from_env, wrap_ddp
 from dermctl.runtime.early_stopping import EarlyStopping
 from dermctl.runtime.schedules import cosine_schedule
-from dermctl.runtime.signals import RunInterrupted, StopFlag, stop_on_signals
-from dermctl.workspace import RunFolder, Workspace, atomic_write_json, write_rows_csv
+from dermctl.train.loop import EpochEnd, LoopTask, TrainingLoop, load_states, new_accumulators
+from dermctl.workspace import RunFolder, Workspace, atomic_write_json
 
 EARLY_STOP_MODES = ("f1", "loss")
 CROP_SCALE = (0.5, 1.0)
+CHECKPOINT_FORMAT = "dermctl-finetune-checkpoint/2"
 VAL_FRACTION = 0.15  # the paper: non-test data split 85 % train / 15 % val at random
 # Keys that change what is trained: a resumed run must agree on all of them.
 _RESUME_KEYS = (
@@ -346,9 +351,12 @@ def finetune(
 
     state: dict[str, Any] | None = None
     if resume and last_path.exists():
-        state = _load_checkpoint(last_path)
+        state = _upgrade_checkpoint(_load_checkpoint(last_path))
         _check_resume(last_path, state.get("config", {}), saved_config)
-        say(f"resuming {run_dir} after epoch {int(state['epoch']) + 1}")
+        say(
+            f"resuming {run_dir} after epoch {int(state['epoch'])}"
+            + (f", batch {state['batch']}" if state["batch"] else "")
+        )
     elif resume:
         say(f"no checkpoint in {run_dir}: starting from scratch")
 
@@ -361,34 +369,38 @@ def finetune(
     net = FinetuneModel(loaded.backbone, n_classes, meta).to(device)
     weight = class_weights(train_set.labels(), n_classes).to(device) if config.class_balanced else None
     criterion = nn.CrossEntropyLoss(weight=weight)
-    optimizer = _optimizer(net, config)
-    model = wrap_ddp(net, dist, device)
-    sampler = (
-        torch.utils.data.DistributedSampler(
-            train_set, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=False
-        )
-        if dist.enabled
-        else None
-    )
-    iters_per_epoch = math.ceil((len(sampler) if sampler else len(train_set)) / config.batch_size)
-    lr_factor = cosine_schedule(1.0, 0.0, config.epochs, iters_per_epoch)
+    job = _FinetuneTask(
+        net, wrap_ddp(net, dist, device), criterion, train_set, val_set, config, device, dist, workers,
+        run_dir.name, saved_config,
+    )  # fmt: skip
 
-    stopper = EarlyStopping(config.patience, mode="max" if config.early_stop == "f1" else "min")
-    history: list[dict[str, float]] = []
-    start_epoch, done = 0, False
-    skip, partial = 0, (0.0, 0.0)
+    def epoch_done(epoch: int, row: dict[str, Any], improved: bool) -> None:
+        if not dist.is_main:
+            return
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
+            f"val loss {row['val_loss']:.4f}, val macro-F1 {row['val_macro_f1']:.4f}{' (best)' if improved else ''}"
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+
+    loop = TrainingLoop(
+        job,
+        epochs=config.epochs,
+        stopper=EarlyStopping(config.patience, mode="max" if config.early_stop == "f1" else "min"),
+        folder=folder,
+        dist=dist,
+        device=device,
+        log=say,
+        on_epoch_end=epoch_done,
+    )
     if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        stopper.load_state_dict(state["early_stop"])
-        history = [dict(h) for h in state["history"]]
-        start_epoch, done = int(state["epoch"]) + 1, bool(state.get("done", False))
-        # an interrupted epoch (SIGINT/SIGTERM) continues after its last trained batch
-        skip, partial = int(state.get("batch", 0)), tuple(state.get("partial", (0.0, 0.0)))
+        loop.restore(state, last_path)
     elif dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (last_path, best_path, sidecar_path(last_path), sidecar_path(best_path)):
-            stale.unlink(missing_ok=True)  # --force: an earlier run's checkpoints must not mix with this one
+        # --force: an earlier run's checkpoints and status must not mix with this one
+        for stale in (last_path, best_path, sidecar_path(last_path), sidecar_path(best_path), folder.status):
+            stale.unlink(missing_ok=True)
 
     inputs = {"manifest": saved_config["manifest_sha256"]} if manifest.path else {}
     if loaded.checkpoint_sha256:
@@ -397,130 +409,195 @@ def finetune(
         record = {"config": saved_config, "provenance": provenance(saved_config, inputs)}
         atomic_write_json(folder.config, record | {"world_size": dist.world_size})
 
-    epoch = start_epoch
-    flag = StopFlag()
-    while not done and epoch < config.epochs:
-        t0 = time.perf_counter()
-        _seed_epoch(config.seed + 7919 * dist.rank, epoch)  # each process its own augmentations
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=workers)
-        else:
-            loader = _loader(
-                train_set, config.batch_size, workers, shuffle=True, seed=config.seed * 100_003 + epoch
-            )
-        try:
-            with stop_on_signals(flag):
-                train_loss = _train_epoch(
-                    model,
-                    loader,
-                    optimizer,
-                    criterion,
-                    lr_factor[epoch * iters_per_epoch :],
-                    device,
-                    epoch,
-                    last_path,
-                    dist,
-                    flag,
-                    skip,
-                    partial,
-                )
-        except _Stopped as stop:
-            _save(
-                last_path,
-                {
-                    "epoch": epoch - 1,  # the last completed epoch; `batch` batches of the next are trained
-                    "batch": stop.batch,
-                    "partial": [stop.total, stop.count],
-                    "done": False,
-                    "model": _cpu_state(net),
-                    "optimizer": optimizer.state_dict(),
-                    "early_stop": stopper.state_dict(),
-                    "history": history,
-                    "config": saved_config,
-                },
-            )
-            raise RunInterrupted(
-                f"interrupted in epoch {epoch + 1} after batch {stop.batch}; {last_path} holds that state: "
-                "run the same command with --resume to continue"
-            ) from None
-        skip, partial = 0, (0.0, 0.0)
-        if not dist.is_main:  # rank 0 validates and decides; the others follow its decision
-            done = bool(dist.all_reduce_sum([0.0], device)[0])
-            epoch += 1
-            continue
-        val = _evaluate(net, val_set, config.batch_size, workers, device, criterion)
-
-        val_f1 = float(macro_f1(val["y_true"], val["y_pred"], n_classes))
-        improved = stopper.step(val_f1 if config.early_stop == "f1" else val["loss"], epoch)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val["loss"],
-            "val_macro_f1": val_f1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "head_lr": optimizer.param_groups[-1]["lr"],
-            "best": int(improved),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        history.append(row)
-        if improved:
-            _save(best_path, {"epoch": epoch, "model": _cpu_state(net)})
-        done = stopper.should_stop or epoch + 1 >= config.epochs
-        dist.all_reduce_sum([float(done)], device)
-        _save(
-            last_path,
-            {
-                "epoch": epoch,
-                "done": done,
-                "model": _cpu_state(net),
-                "optimizer": optimizer.state_dict(),
-                "early_stop": stopper.state_dict(),
-                "history": history,
-                "config": saved_config,
-            },
+    loop.write_status("running")
+    try:
+        status = loop.run()
+        loop.finish()  # best.pt and last.pt on disk before the test split is scored
+        if not dist.is_main:
+            dist.barrier()  # rank 0 evaluates the test split and writes the result
+            return FinetuneOutcome(result_path, run_dir, {}, 0, loop.epoch, False)
+        history = loop.history
+        stopped_early = loop.stopper.should_stop and len(history) < config.epochs
+        if not best_path.exists():
+            raise DataError(f"{best_path}: missing; the run has no best checkpoint (restart with --force)")
+        best = _load_checkpoint(best_path)
+        best_epoch = _epochs_done(best)
+        net.load_state_dict(best["model"])
+        say(f"evaluating epoch {best_epoch} (best on val) on {len(test_set)} test images")
+        test = _evaluate(net, test_set, config.batch_size, workers, device, criterion)
+        payload = _result_payload(
+            manifest, test_rows, loaded, classes, test, config, saved_config, inputs, best_path
         )
-        write_rows_csv(
-            folder.metrics,
-            list(METRICS_COLUMNS),
-            [[_cell(h.get(c)) for c in METRICS_COLUMNS] for h in history],
-        )
-        say(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val['loss']:.4f}, "
-            f"val macro-F1 {val_f1:.4f}{' (best)' if improved else ''}"
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-        epoch += 1
-
-    if not dist.is_main:
-        dist.barrier()  # rank 0 evaluates the test split and writes the result
-        return FinetuneOutcome(result_path, run_dir, {}, 0, epoch, False)
-    stopped_early = stopper.should_stop and len(history) < config.epochs
-    if not best_path.exists():
-        raise DataError(f"{best_path}: missing; the run has no best checkpoint (restart with --force)")
-    best = _load_checkpoint(best_path)
-    net.load_state_dict(best["model"])
-    say(f"evaluating epoch {int(best['epoch']) + 1} (best on val) on {len(test_set)} test images")
-    test = _evaluate(net, test_set, config.batch_size, workers, device, criterion)
-    payload = _result_payload(
-        manifest, test_rows, loaded, classes, test, config, saved_config, inputs, best_path
-    )
-    payload["best_epoch"] = int(best["epoch"]) + 1
-    payload["epochs_run"] = len(history)
-    payload["stopped_early"] = stopped_early
-    payload["run_dir"] = str(run_dir)
-    write_result(result_path, payload, force=force or resume)
+        payload["best_epoch"] = best_epoch
+        payload["epochs_run"] = len(history)
+        payload["stopped_early"] = stopped_early
+        payload["run_dir"] = str(run_dir)
+        write_result(result_path, payload, force=force or resume)
+        loop.write_status(status)
+    except BaseException as exc:
+        loop.failed(exc)
+        raise
     dist.barrier()
     return FinetuneOutcome(
         result_path=result_path,
         run_dir=run_dir,
         payload=payload,
-        best_epoch=int(best["epoch"]) + 1,
+        best_epoch=best_epoch,
         epochs_run=len(history),
         stopped_early=stopped_early,
         history=history,
     )
+
+
+class _FinetuneTask(LoopTask):
+    """Fine-tuning as a `LoopTask`: cross-entropy on the train split, validation on val each epoch."""
+
+    divergence_hint = "lower --lr / --head-lr, then --resume"
+
+    def __init__(
+        self,
+        net: FinetuneModel,
+        model: nn.Module,
+        criterion: nn.Module,
+        train_set: ManifestImages,
+        val_set: ManifestImages,
+        config: FinetuneConfig,
+        device: torch.device,
+        dist: Dist,
+        workers: int,
+        name: str,
+        saved_config: dict[str, Any],
+    ) -> None:
+        self.net, self.model, self.criterion = net, model, criterion  # model: net, DDP-wrapped under torchrun
+        self.train_set, self.val_set, self.config = train_set, val_set, config
+        self.device, self.dist, self.workers, self.name = device, dist, workers, name
+        self.optimizer = _optimizer(net, config)
+        self.n_classes = len(train_set.index)
+        self.monitored = "val macro-F1" if config.early_stop == "f1" else "val loss"
+        self.sampler = (
+            torch.utils.data.DistributedSampler(
+                train_set, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=False
+            )
+            if dist.enabled
+            else None
+        )
+        n = len(self.sampler) if self.sampler is not None else len(train_set)
+        self.ipe = math.ceil(n / config.batch_size)
+        self.lr_factor = cosine_schedule(1.0, 0.0, config.epochs, self.ipe)
+        self.t0 = time.perf_counter()
+        self.saved_config = saved_config  # recorded in every checkpoint: a resume must agree with it
+
+    def batches_per_epoch(self) -> int:
+        return self.ipe
+
+    def epoch_batches(self, epoch: int, skip: int) -> Iterable[Any]:
+        config = self.config
+        self.t0 = time.perf_counter()
+        _seed_epoch(config.seed + 7919 * self.dist.rank, epoch)  # each process its own augmentations
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            loader = DataLoader(
+                self.train_set, batch_size=config.batch_size, sampler=self.sampler, num_workers=self.workers
+            )
+        else:
+            loader = _loader(
+                self.train_set,
+                config.batch_size,
+                self.workers,
+                shuffle=True,
+                seed=config.seed * 100_003 + epoch,
+            )
+        self.net.train()
+        # batches trained before an interruption are loaded, not trained on: the augmentation RNG advances
+        # exactly as it did
+        return itertools.islice(loader, skip, None)
+
+    def forward(self, batch: Any, epoch: int, b: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        x, y = batch
+        factor = float(self.lr_factor[epoch * self.ipe + b])
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with _autocast(self.device):
+            loss = self.criterion(self.model(x).float(), y)
+        return loss, {}, len(y)
+
+    def optimize(self, loss: torch.Tensor, epoch: int, b: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def end_epoch(self, epoch: int, acc: dict[str, Any]) -> EpochEnd:
+        if not self.dist.is_main:  # rank 0 validates and decides; the others follow its decision
+            return EpochEnd(None, {})
+        val = _evaluate(
+            self.net, self.val_set, self.config.batch_size, self.workers, self.device, self.criterion
+        )
+        val_f1 = float(macro_f1(val["y_true"], val["y_pred"], self.n_classes))
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": acc["loss_sum"] / max(acc["n"], 1),
+            "val_loss": val["loss"],
+            "val_macro_f1": val_f1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "head_lr": self.optimizer.param_groups[-1]["lr"],
+            "best": 0,  # the loop marks the new best
+            "seconds": round(time.perf_counter() - self.t0, 3),
+        }
+        return EpochEnd(val_f1 if self.config.early_stop == "f1" else val["loss"], row)
+
+    def metrics_columns(self, history: list[dict[str, Any]]) -> list[str]:
+        return list(METRICS_COLUMNS)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.saved_config,
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> bool:
+        load_states(path, state, model=self.net, optimizer=self.optimizer)
+        return True
+
+    def status_record(self, status: str, message: str, loop: TrainingLoop) -> dict[str, Any]:
+        best = loop.stopper.best
+        return {
+            "name": self.name,
+            "task": self.saved_config.get("task"),
+            "model": self.saved_config.get("model"),
+            "status": status,
+            "epochs": self.config.epochs,
+            "epochs_run": len(loop.history),
+            "iterations": loop.iteration,
+            "best_epoch": loop.stopper.best_epoch + 1,
+            "early_stop": self.config.early_stop,
+            "best_val": best if math.isfinite(best) else None,
+            "message": message,
+        }
+
+
+def _upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuning checkpoint of dermctl <= 0.2 (no `format`: `epoch` = the last completed epoch, 0-based;
+    `early_stop`; `partial` = [loss sum, images]) in the loop's terms, so such runs still resume."""
+    if "format" in state:
+        return state
+    batch = int(state.get("batch", 0))
+    total, count = state.get("partial", (0.0, 0.0))
+    partial = {**new_accumulators(), "loss_sum": float(total), "n": int(count)} if batch else None
+    return {
+        **state,
+        "epoch": int(state["epoch"]) + 1,
+        "batch": batch,
+        "partial": partial,
+        "early_stopping": state["early_stop"],
+    }
+
+
+def _epochs_done(state: dict[str, Any]) -> int:
+    """The 1-based epoch whose weights a checkpoint holds (dermctl <= 0.2's best.pt counted from 0)."""
+    return int(state["epoch"]) + (0 if "format" in state else 1)
 
 
 def _result_payload(
@@ -625,65 +702,6 @@ def _optimizer(net: FinetuneModel, config: FinetuneConfig) -> torch.optim.Optimi
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
-def _train_epoch(
-    net: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    lr_factor: np.ndarray,
-    device: torch.device,
-    epoch: int,
-    last_path: Path,
-    dist: Dist | None = None,
-    flag: StopFlag | None = None,
-    skip: int = 0,
-    partial: tuple[float, float] = (0.0, 0.0),
-) -> float:
-    """One pass over the train loader; `lr_factor[step]` scales each group's base lr. Mean train loss
-    (over every process). `skip` batches already trained before an interruption are loaded (so that the
-    augmentation RNG advances exactly as before) but not trained on; `partial` is their loss sum and count.
-    A set `flag` (SIGINT/SIGTERM) stops after the current step with `_Stopped`."""
-    dist = dist or Dist()
-    net.train()
-    total, count = partial
-    for step, (x, y) in enumerate(loader):
-        if step < skip:
-            continue
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * float(lr_factor[step])
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device):
-            loss = criterion(net(x).float(), y)
-        # every process must stop together, or the others would wait for it forever
-        bad = (
-            not torch.isfinite(loss)
-            if not dist.enabled
-            else dist.all_reduce_sum([float(not torch.isfinite(loss))], device)[0] > 0
-        )
-        if bad:
-            raise TrainingError(
-                f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; "
-                f"{last_path} holds the last good epoch (lower --lr / --head-lr, then --resume)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(y)
-        count += len(y)
-        if flag is not None and flag.signum is not None and not dist.enabled:
-            raise _Stopped(step + 1, total, count)
-    total, count = dist.all_reduce_sum([total, count], device)
-    return total / max(count, 1)
-
-
-class _Stopped(Exception):
-    """Raised inside an epoch by SIGINT/SIGTERM: how far the epoch got."""
-
-    def __init__(self, batch: int, total: float, count: float) -> None:
-        super().__init__(batch)
-        self.batch, self.total, self.count = batch, total, count
-
-
 @torch.no_grad()
 def _evaluate(
     net: nn.Module,
@@ -713,14 +731,6 @@ def _evaluate(
     }
 
 
-def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-
-
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    save_checkpoint(obj, path)  # atomic, with its .sha256 sidecar
-
-
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     state = load_checkpoint(path)  # the sidecar hash is checked first: an altered file is never loaded
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
@@ -735,8 +745,3 @@ def _check_resume(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
                 f"{path}: was trained with {key}={old[key]!r}, now {key}={new.get(key)!r}; "
                 "use the same options to --resume, or --force to restart"
             )
-
-
-def _cell(value: Any) -> str:
-    """A metrics.csv cell as csv.DictWriter wrote it (str of the value; empty for None)."""
-    return "" if value is None else str(value)
