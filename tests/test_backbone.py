@@ -89,6 +89,17 @@ def test_export_loads_in_dermctl_and_plain_timm(tmp_path):
     assert select_channels(torch.randn(2, 3, 4, 4), "green").shape == (2, 1, 4, 4)
 
 
+def test_the_same_weights_export_to_the_same_bytes(tmp_path):
+    """The file's sha256 is what embeddings and results record: identical runs must give one hash."""
+    m = create_backbone("resnet10t").eval()
+    meta = BackboneMeta(timm_name="resnet10t", feature_rule="avgpool", input_size=32)
+    hashes = set()
+    for i in range(12):  # the old header put its two metadata keys in a random order per write
+        export_backbone(m, tmp_path / str(i), meta)
+        hashes.add(load_exported(tmp_path / str(i))[1].sha256)
+    assert len(hashes) == 1
+
+
 def test_backbone_kwargs_travel_with_the_export(tmp_path):
     """A ViT built with timm arguments (patch 4 on 32 px) exports them; loading rebuilds the same net."""
     torch.manual_seed(2)

@@ -257,7 +257,9 @@ def export_backbone(model: nn.Module, folder: str | os.PathLike[str], meta: Back
     weights = folder / "backbone.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"timm_name": meta.timm_name, "format": "pt"})
+        # One metadata key only: safetensors writes its metadata from a hash map, so two keys came out in
+        # either order and the same weights got another file hash (the architecture is in backbone.json).
+        save_file(state, str(tmp), metadata={"format": "pt"})
     meta.sha256 = sha256_file(weights)
     atomic_write_json(folder / "backbone.json", meta.to_json())
     return weights

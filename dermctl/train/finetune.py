@@ -288,11 +288,13 @@ def finetune(
     """Fine-tune `loaded.backbone` (a dermctl.eval.models.LoadedModel) with a linear head on `manifest`.
 
     Checks everything that can fail (options, splits, existing outputs, resume config) before training.
-    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written.
+    `on_epoch_end(epoch, row)` is called after each epoch (its checkpoint is being written in the
+    background and is on disk before any error, including one raised by the callback, leaves `finetune`).
 
     Under torchrun the model is wrapped in DistributedDataParallel, each process trains on its
     DistributedSampler share (`batch_size` per process, re-shuffled each epoch), and rank 0 alone
-    validates, decides early stopping, writes files and evaluates the test split."""
+    validates (its value decides early stopping on every process), writes files and evaluates the test
+    split."""
     dist = dist or dist_from_env(config.device)
     say = (log or (lambda _m: None)) if dist.is_main else (lambda _m: None)
     config.validate()
