@@ -13,7 +13,7 @@ from dermctl.cli.app import app
 
 runner = CliRunner()
 DEVICE_COMMANDS = ("pretrain", "finetune", "embed", "knn", "probe", "demo")
-WORKER_COMMANDS = ("pretrain", "finetune", "embed")
+WORKER_COMMANDS = ("pretrain", "finetune", "embed", "demo")
 
 
 def _help(command: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dermctl.cli.common import emit, err_console, get_state, handle_errors, log, out_console
-from dermctl.cli.options import DeviceOption
+from dermctl.cli.options import DeviceOption, WorkersOption
 
 NAME = "demo"
 SHORT_HELP = "Run the whole chain on generated demo data and print where the report is."
@@ -35,6 +35,7 @@ def command(
     ] = 1500,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, splits, training and evaluation.")] = 0,
     device: DeviceOption = "auto",
+    workers: WorkersOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo the demo in a workdir that already holds one.")
     ] = False,
@@ -49,6 +50,7 @@ def command(
         corpus_size=corpus_size,
         seed=seed,
         device=device,
+        num_workers=-1 if workers is None else workers,
     )
     summary = run_demo(state.workspace, config, force=force, log=lambda m: log(state, m))
 

@@ -20,7 +20,7 @@ DeviceOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None,
-    typer.Option("--workers", help="Image-loading processes (-1: one per spare core) [default: -1]."),
+    typer.Option("--workers", min=-1, help="Image-loading processes (-1: one per spare core) [default: -1]."),
 ]
 LegacyWorkersOption = Annotated[
     int | None, typer.Option("--num-workers", hidden=True, help="Old spelling of --workers.")
