@@ -13,7 +13,6 @@ import torch
 
 from dermctl.errors import UnavailableError, UsageError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_WORKERS = 16  # loader processes per training / embedding process
 SMALL_JOB = 256  # items below which a one-pass job (embedding) is not worth starting processes for
