@@ -382,3 +382,26 @@ def test_two_processes_match_one_for_every_method_embed_and_resume(tmp_path):
     assert json.loads((ft_run / "config.json").read_text())["world_size"] == 2
     assert len(_rows(ft_run / "metrics.csv")) == 2
     assert proc.stdout.count("result: ") == 1  # (rich wraps the long path)
+
+
+@pytest.mark.slow
+def test_a_signal_that_reaches_one_process_stops_every_process_after_the_same_step(tmp_path):
+    """torchrun, SIGINT to rank 1 only, after its first step: the stop is voted in the next step's loss
+    all-reduce, so both processes stop after step 2 and rank 0 writes that mid-epoch checkpoint (before,
+    rank 1 left alone and rank 0 failed in its next collective, with no checkpoint of the epoch)."""
+    imgs = make_images(tmp_path / "img", 20, size=40)
+    corpus = make_corpus(tmp_path / "corpus.csv", imgs, ["train"] * 16 + ["val"] * 4)
+    ws = Workspace.at(tmp_path / "ws")
+    ws.ensure()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    script = Path(__file__).parent / "ddp_scripts" / "sigint_one_rank.py"
+    proc = subprocess.run(
+        [*cmd, str(script), str(ws.root), str(corpus)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0  # both ranks exit 130
+    outcomes = [(ws.root / f"rank{r}.outcome").read_text() for r in (0, 1)]
+    assert outcomes == ["interrupted", "interrupted"], proc.stderr[-2000:]
+    state = load_checkpoint(ws.runs / "cut" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch"], state["world_size"]) == (0, 2, 2)  # 4 steps per epoch
+    assert json.loads((ws.runs / "cut" / "run.json").read_text())["status"] == "interrupted"

@@ -9,7 +9,9 @@ its maths. Per epoch:
                 refused before any parameter moves (the current state is saved: it is the last good one,
                 status "diverged", TrainingError); `optimize` (backward and step); SIGINT/SIGTERM stops
                 after the step with a checkpoint of the partly trained epoch (status "interrupted",
-                RunInterrupted, exit 130) that `--resume` continues batch for batch
+                RunInterrupted, exit 130) that `--resume` continues batch for batch. Under torchrun the
+                stop is voted in the loss's all-reduce, so a signal that reaches any process stops every
+                process after the same step
     epoch end   `end_epoch` (validation: the early-stopping value, or None on an epoch that is not
                 validated, and the metrics row); rank 0's value decides for every process; early stopping
                 (`dermctl.runtime.early_stopping`); metrics.csv rewritten; last.pt (and best.pt, the same
@@ -287,8 +289,9 @@ class TrainingLoop:
         ):
             acc["wait"] += time.perf_counter() - t0
             loss, step_logs, n_local = task.forward(batch, epoch, b)
-            # every process must stop together on a bad loss, or the others would wait for it forever
-            loss_value = self.dist.all_reduce_mean(float(loss.detach().float().item()), self.device)
+            # Every process must stop together (on a bad loss, on a signal that reached only some of them),
+            # or the others would wait for it forever: one all-reduce carries the loss and the stop votes.
+            loss_value, voted_stop = self._reduce_step(float(loss.detach().float().item()))
             if not math.isfinite(loss_value):
                 self.diverged(loss_value, b, acc)
             task.optimize(loss, epoch, b)
@@ -312,10 +315,25 @@ class TrainingLoop:
                         acc["wait"] / secs,
                     )
                 )
-            if self.flag.signum is not None:
+            if voted_stop or (not self.dist.enabled and self.flag.signum is not None):
                 self.interrupted(acc)
             t0 = time.perf_counter()
         return acc
+
+    def _reduce_step(self, loss_value: float) -> tuple[float, bool]:
+        """(the loss averaged over the processes, whether any process has been signalled to stop)."""
+        if not self.dist.enabled:
+            return loss_value, False
+        total, votes = self.dist.all_reduce_sum(
+            [loss_value, float(self.flag.signum is not None)], self.device
+        )
+        return total / self.dist.world_size, votes > 0
+
+    def _stop_requested(self) -> bool:
+        """At an epoch boundary: has any process been signalled? (the same decision on every process)"""
+        if not self.dist.enabled:
+            return self.flag.signum is not None
+        return self._reduce_step(0.0)[1]
 
     def _shared(self, value: float | None) -> float | None:
         """Rank 0's early-stopping value on every process (the processes decide alike)."""
@@ -336,7 +354,7 @@ class TrainingLoop:
             while self.epoch < self.epochs and not self.stopper.should_stop:
                 acc = self.train_epoch()
                 epoch = self.epoch
-                if self.flag.signum is not None:
+                if self._stop_requested():
                     self.interrupted(acc)
                 end = self.task.end_epoch(epoch, acc)
                 value = self._shared(end.value)
@@ -358,7 +376,7 @@ class TrainingLoop:
                         f"early stopping: {self.task.monitored} has not improved for {self.stopper.patience} epochs"
                     )
                     break
-                if self.flag.signum is not None:  # arrived during validation
+                if self._stop_requested():  # arrived during validation
                     self.interrupted(None)
         return status
 
