@@ -258,3 +258,29 @@ def test_val_batches_are_loaded_once_and_give_the_same_val_loss(setup, monkeypat
         r["val_loss"] for r in _metrics(ws.runs / "fresh" / "metrics.csv")
     ]
     assert len(calls) - loads_cached == 2  # epochs 2 and 3 loaded val again only without the cache
+
+
+def test_val_is_read_in_this_process_unless_several_workers_and_gives_the_same_val_loss(setup, monkeypatch):
+    """One loader process decodes no faster than the training process, idle during validation: with at
+    most one worker the val set is read in-process (no process started for it); the val loss is the same."""
+    import dermctl.train.engine as engine
+
+    ws, man, _ = setup
+    calls: list[tuple[int, int]] = []  # (dataset, workers); the train loader is built first
+    real = engine.make_loader
+
+    def recording(ds, batches, num_workers, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((id(ds), num_workers))
+        return real(ds, batches, num_workers, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "make_loader", recording)
+    losses = {}
+    for n in (1, 2):
+        calls.clear()
+        cfg = build_config("tinytest", None, {"epochs": 1, "patience": 0, "num_workers": n})
+        pretrain(cfg, [man], ws, name=f"w{n}", device="cpu")
+        train_ds = calls[0][0]
+        assert [w for ds, w in calls if ds == train_ds] == [n]
+        assert [w for ds, w in calls if ds != train_ds] == [0 if n == 1 else n]
+        losses[n] = [r["val_loss"] for r in _metrics(ws.runs / f"w{n}" / "metrics.csv")]
+    assert losses[1] == losses[2]

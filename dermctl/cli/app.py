@@ -12,6 +12,7 @@ from dermctl import __version__
 from dermctl.cli import completion, demo, embed, finetune, ingest, knn, pretrain, probe, report
 from dermctl.cli.common import State
 from dermctl.cli.shell import DermctlCommand, DermctlGroup
+from dermctl.runtime.process import end_process, exit_code
 
 app = typer.Typer(
     name="dermctl",
@@ -70,4 +71,9 @@ def main() -> None:
     # torchrun starts `python -m dermctl`; keep thread oversubscription in check per process.
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     completion.init()
-    app(prog_name="dermctl")
+    try:
+        app(prog_name="dermctl")
+        code = 0
+    except SystemExit as exc:  # every command ends here (DermctlGroup.main exits with the status)
+        code = exit_code(exc)
+    end_process(code)  # threads joined, atexit run, output flushed; no interpreter teardown

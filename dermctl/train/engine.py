@@ -403,7 +403,10 @@ class _PretrainTask(LoopTask):
             order = self.dist.shard(list(range(len(self.val_ds))))
             batches = epoch_batches(order, self.batch_size, VAL_EPOCH, drop_last=False)
             gen = torch.Generator().manual_seed(self.cfg["seed"])
-            source = make_loader(self.val_ds, batches, self.workers, self.device.type == "cuda", gen)
+            # One loader process decodes no faster than this one, which has nothing else to do during
+            # validation: with at most one, the val set is read here, without a process to start.
+            workers = self.workers if self.workers > 1 else 0
+            source = make_loader(self.val_ds, batches, workers, self.device.type == "cuda", gen)
         keep: list[Any] | None = [] if self.val_cache is None else None
         kept_bytes = 0
         total, n = 0.0, 0
