@@ -6,12 +6,13 @@ command's work is done and its files are closed. `end_process` does what that te
 anyone can observe, in the order the interpreter does it, then leaves with `os._exit`:
 
 1. joins every non-daemon thread (a checkpoint still being written finishes, as on a normal exit);
-2. runs the atexit handlers (multiprocessing reaps loader workers, logging and h5py flush and close,
-   weakref finalizers such as temporary folders run);
+2. runs the atexit handlers (multiprocessing reaps loader workers, logging flushes, weakref finalizers
+   such as temporary folders run);
 3. flushes stdout and stderr.
 
-What it skips are object finalizers (`__del__`) of objects still alive at exit. dermctl closes its own
-files explicitly (atomic writes) before a command returns, so nothing it writes depends on them.
+What it skips: finalizers (`__del__`) of objects still alive at exit, and C libraries' own exit hooks
+(HDF5's library shutdown). dermctl closes every file it writes, HDF5 included, before renaming it into
+place (atomic writes), so nothing it leaves on disk depends on either.
 
 A profiler or tracer (cProfile, coverage, a debugger) writes its results after the program returns: with
 one active, or with DERMCTL_FULL_EXIT=1 in the environment, the normal exit is kept.
