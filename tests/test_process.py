@@ -60,7 +60,7 @@ def test_end_process_joins_threads_runs_atexit_flushes_and_skips_teardown(tmp_pa
     assert proc.stdout == "no newline, not flushed"
     assert (tmp_path / "thread").read_text() == "done"  # a checkpoint being written is finished
     assert (tmp_path / "atexit").read_text() == "ran"
-    assert not (tmp_path / "teardown").exists()  # the second of teardown was skipped
+    assert not (tmp_path / "teardown").exists()  # the teardown was skipped
 
 
 def test_full_exit_env_keeps_the_interpreter_teardown(tmp_path: Path) -> None:
@@ -98,8 +98,36 @@ def test_exit_code_of_a_message_prints_it(capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().err.strip() == "bad thing"
 
 
-def test_the_cli_exits_through_it_with_its_status() -> None:
-    ok = subprocess.run([sys.executable, "-m", "dermctl", "--version"], capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.strip() == f"dermctl {__version__}"
-    bad = subprocess.run([sys.executable, "-m", "dermctl", "knn", "--nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--nope" in bad.stderr
+CLI_PROGRAM = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from dermctl.cli.app import main
+
+    out = Path(sys.argv[1])
+
+    class Finalised:
+        def __del__(self):
+            (out / "teardown").write_text("ran")
+
+    keep = Finalised()
+    keep.cycle = keep
+    sys.argv = ["dermctl", *sys.argv[2:]]
+    main()
+    """
+)
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--version"], 0), (["knn", "--nope"], 2)])
+def test_the_cli_ends_through_it_with_the_command_status(tmp_path: Path, args: list[str], code: int) -> None:
+    environ = {k: v for k, v in os.environ.items() if k != FULL_EXIT_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_PROGRAM, str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+    assert proc.returncode == code
+    assert (proc.stdout.strip() == f"dermctl {__version__}") if code == 0 else ("--nope" in proc.stderr)
+    assert not (tmp_path / "teardown").exists()  # main() left through end_process, not a normal exit
